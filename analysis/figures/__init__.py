@@ -1,0 +1,1 @@
+"""Figure builders, one module per topic; each registers with :mod:`analysis.registry`."""

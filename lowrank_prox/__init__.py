@@ -1,0 +1,24 @@
+"""lowrank_prox: low-rank proximal training (LoRSum, PSI-LoRA), array-API core.
+
+The core imports only NumPy, SciPy and array-api-compat; torch-only parts live in
+``lowrank_prox.nn`` and ``lowrank_prox.optim``.  The mathematics is in SPEC.md, cited by section
+in each docstring.
+"""
+
+from .factored import LowRankSum
+from .geometry import principal_angles
+from .lorsum import LorsumHistory, lorsum, lorsum_history, lorsum_objective
+from .svd import svd_flip, truncated_svd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LorsumHistory",
+    "LowRankSum",
+    "lorsum",
+    "lorsum_history",
+    "lorsum_objective",
+    "principal_angles",
+    "svd_flip",
+    "truncated_svd",
+]
