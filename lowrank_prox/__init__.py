@@ -6,7 +6,7 @@ in each docstring.
 """
 
 from .factored import LowRankSum
-from .geometry import principal_angles
+from .geometry import principal_angles, tangent_project
 from .lorsum import LorsumHistory, lorsum, lorsum_history, lorsum_objective
 from .svd import svd_flip, truncated_svd
 
@@ -20,5 +20,6 @@ __all__ = [
     "lorsum_objective",
     "principal_angles",
     "svd_flip",
+    "tangent_project",
     "truncated_svd",
 ]
