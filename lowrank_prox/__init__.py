@@ -8,6 +8,7 @@ in each docstring.
 from .factored import LowRankSum
 from .geometry import principal_angles, tangent_project
 from .lorsum import LorsumHistory, lorsum, lorsum_history, lorsum_objective
+from .scaled import scaled_lorsum, scaled_lorsum_objective
 from .svd import svd_flip, truncated_svd
 
 __version__ = "0.1.0"
@@ -19,6 +20,8 @@ __all__ = [
     "lorsum_history",
     "lorsum_objective",
     "principal_angles",
+    "scaled_lorsum",
+    "scaled_lorsum_objective",
     "svd_flip",
     "tangent_project",
     "truncated_svd",
