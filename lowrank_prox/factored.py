@@ -29,7 +29,7 @@ class LowRankSum:
     ``r_i × r_j`` Gram products: ``‖Y‖² = Σ_ij c_i c_j tr((U_iᵀU_j)(V_jᵀV_i))``.
     """
 
-    __array_priority__ = 1000  # so that ``ndarray @ LowRankSum`` defers to __rmatmul__
+    __array_ufunc__ = None  # so that ``ndarray @ LowRankSum`` defers to __rmatmul__
 
     def __init__(self, terms, *, check_finite=True):
         if isinstance(terms, LowRankSum):
