@@ -6,6 +6,7 @@ in each docstring.
 """
 
 from .factored import LowRankSum
+from .geolora import geolora_step, geolora_tangent
 from .geometry import principal_angles, tangent_project
 from .lorsum import LorsumHistory, lorsum, lorsum_history, lorsum_objective
 from .scaled import scaled_lorsum, scaled_lorsum_objective
@@ -16,6 +17,8 @@ __version__ = "0.1.0"
 __all__ = [
     "LorsumHistory",
     "LowRankSum",
+    "geolora_step",
+    "geolora_tangent",
     "lorsum",
     "lorsum_history",
     "lorsum_objective",
