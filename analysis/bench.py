@@ -1,0 +1,846 @@
+"""Speed, accuracy and memory of LoRSum and the optimizers (``python -m analysis bench``).
+
+Everything is timed side by side in one run on this machine, so the *ratios* are the result;
+absolute times depend on the load of the machine.
+
+1. **Projection of a warm-started step** (SPEC §2–§4).  Target ``Y = U_t V_tᵀ − η Δᵀ X`` with
+   ``N = 64`` gradient rows, warm start ``(U_t, V_t)``, and ``σ_{r+1}(Y)/σ_r(Y) = ρ`` set exactly
+   (ρ = 0.3 "realistic"; ρ = 0.9, 0.99 "hard").  Methods: full SVD (NumPy/LAPACK, torch), SciPy
+   ``svds`` (ARPACK on the factored operator), scikit-learn ``randomized_svd`` and
+   ``torch.svd_lowrank`` (dense ``Y``), our ``truncated_svd(method="randomized")`` on the
+   :class:`~lowrank_prox.LowRankSum`, and ``lorsum`` ×K.  Accuracy is the *excess error*
+   ``‖Y − Ŷ‖² − ‖Y − Π_r(Y)‖²`` (relative: divided by ``‖Y − Π_r(Y)‖²``), computed from QR
+   factorisations of the stacked factors, never from an m×n matrix, exact Π_r(Y) from
+   ``truncated_svd(Y, r)`` on the factored target.  Dense inputs are formed before the clock
+   starts (SVDLoRA holds its adapter densely anyway).
+2. **Floor**: the products with the factors one ALS iteration must take
+   (``U_iᵀU``, ``V_i(·)``, ``V_iᵀV``, ``U_i(·)`` for every term), as bare GEMMs.
+3. **Optimizer step** of an MLP with LoRA layers, as a ratio to LoRA + Adam.
+4. **Memory**: optimizer state and captured activations per method, against LoRA parameters.
+5. **Scaling**: fitted exponent of time vs m, and (full run) the layer shapes of a 7B model.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lowrank_prox import LowRankSum, lorsum, truncated_svd
+
+__all__ = [
+    "Problem",
+    "excess_error",
+    "main",
+    "make_problem",
+    "run",
+]
+
+N_ROWS = 64
+REALISTIC_RATIO = 0.3
+HARD_RATIOS = (0.9, 0.99)
+LORSUM_ITERS = (1, 2, 4, 8, 16)
+OVERSAMPLES = 10
+
+FULL = dict(
+    sizes=(256, 512, 1024, 2048, 4096),
+    ranks=(8, 16, 64),
+    hard_size=1024,
+    full_svd_all_ranks_up_to=1024,  # above: full SVD timed once per size (its cost is r-free)
+    budget_s=0.5,
+    max_repeats=15,
+    mlp_width=1024,
+    mlp_steps=12,
+    seven_b=True,
+)
+FAST = dict(
+    sizes=(256, 512, 1024),
+    ranks=(8, 16),
+    hard_size=512,
+    full_svd_all_ranks_up_to=512,
+    budget_s=0.08,
+    max_repeats=5,
+    mlp_width=256,
+    mlp_steps=4,
+    seven_b=False,
+)
+
+
+# -- problems ----------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """A warm-started projection problem ``Y = U_t V_tᵀ − η Δᵀ X`` (SPEC §2).
+
+    ``target`` is the :class:`LowRankSum` ``[(1, U_t, V_t), (−η, Δᵀ, Xᵀ)]``; ``s`` holds all
+    nonzero singular values of ``Y`` (from the exact factored SVD) and ``tail2`` is
+    ``‖Y − Π_r(Y)‖² = Σ_{i>r} σ_i²``.
+    """
+
+    m: int
+    n: int
+    r: int
+    U: np.ndarray
+    V: np.ndarray
+    Dt: np.ndarray
+    Xt: np.ndarray
+    eta: float
+    target: LowRankSum
+    s: np.ndarray
+    tail2: float
+
+    @property
+    def ratio(self):
+        return float(self.s[self.r] / self.s[self.r - 1])
+
+    def dense(self):
+        return self.target.to_dense()
+
+
+def _orth(rng, rows, cols):
+    q, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q
+
+
+def _core_singular_values(P, Q, coefs):
+    """Singular values of ``P diag(coefs) Qᵀ`` from the QR factors of P and Q."""
+    _, Rp = np.linalg.qr(P)
+    _, Rq = np.linalg.qr(Q)
+    return np.linalg.svd((Rp * coefs) @ Rq.T, compute_uv=False), (Rp, Rq)
+
+
+def make_problem(m, n, r, *, ratio=REALISTIC_RATIO, n_rows=N_ROWS, mixing=0.3, seed=0,
+                 dtype=np.float64):
+    """Build a warm-started step with ``σ_{r+1}(Y)/σ_r(Y) = ratio`` (to 1e-10).
+
+    The adapter ``U_t V_tᵀ`` has singular values ``i^{-1/2}``, i = 1..r.  The gradient
+    ``G = Δᵀ X`` has ``n_rows`` rows whose inputs decay like ``0.9^j`` and lie mostly outside the
+    adapter's input space, with a ``mixing`` share inside it (so the warm start is *not* the
+    answer: the top-r subspaces of ``Y`` and of ``U_t V_tᵀ`` differ).  The step size η is set by
+    bisection so that the gap ratio of ``Y`` is exactly ``ratio``; ratio → 1 is the hard case for
+    every subspace method.
+    """
+    if not 0 < ratio < 1:
+        raise ValueError(f"ratio must lie in (0, 1); got {ratio}")
+    if r + n_rows > min(m, n):
+        raise ValueError(f"r + n_rows must be <= min(m, n); got {r} + {n_rows} > {min(m, n)}")
+    rng = np.random.default_rng(seed)
+    P = _orth(rng, m, r + n_rows)
+    Q = _orth(rng, n, r + n_rows)
+    sigma = 1.0 / np.sqrt(np.arange(1, r + 1))
+    U = P[:, :r] * sigma
+    V = Q[:, :r].copy()
+    decay = 0.9 ** np.arange(n_rows)
+    Xt = Q[:, r:] * decay + mixing * Q[:, :r] @ rng.standard_normal((r, n_rows)) / math.sqrt(r)
+    Dt = P[:, r:] + mixing * P[:, :r] @ rng.standard_normal((r, n_rows)) / math.sqrt(r)
+    Pst, Qst = np.concatenate([U, Dt], axis=1), np.concatenate([V, Xt], axis=1)
+    _, Rp = np.linalg.qr(Pst)
+    _, Rq = np.linalg.qr(Qst)
+
+    def spectrum(eta):
+        coefs = np.concatenate([np.ones(r), np.full(n_rows, -eta)])
+        return np.linalg.svd((Rp * coefs) @ Rq.T, compute_uv=False)
+
+    def gap(eta):
+        s = spectrum(eta)
+        return s[r] / s[r - 1]
+
+    lo, hi = 0.0, 1.0
+    while gap(hi) < ratio:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if gap(mid) < ratio else (lo, mid)
+        if hi - lo < 1e-13 * hi:
+            break
+    eta = 0.5 * (lo + hi)
+    s = spectrum(eta)
+    U, V, Dt, Xt = (np.ascontiguousarray(a, dtype=dtype) for a in (U, V, Dt, Xt))
+    target = LowRankSum([(1.0, U, V), (-eta, Dt, Xt)])
+    return Problem(m, n, r, U, V, Dt, Xt, float(eta), target, s, float(np.sum(s[r:] ** 2)))
+
+
+def excess_error(problem, A, B):
+    """``‖Y − A Bᵀ‖² − ‖Y − Π_r(Y)‖²`` without an m×n matrix (QR of the stacked factors).
+
+    ``A`` is m×k and ``B`` n×k (k ≤ r); computed in float64.
+    """
+    A = np.asarray(_np(A), dtype=np.float64)
+    B = np.asarray(_np(B), dtype=np.float64)
+    r, N = problem.r, problem.Dt.shape[1]
+    P = np.concatenate([problem.U, problem.Dt, A], axis=1).astype(np.float64)
+    Q = np.concatenate([problem.V, problem.Xt, B], axis=1).astype(np.float64)
+    coefs = np.concatenate([np.ones(r), np.full(N, -problem.eta), -np.ones(A.shape[1])])
+    _, Rp = np.linalg.qr(P)
+    _, Rq = np.linalg.qr(Q)
+    resid2 = float(np.sum(((Rp * coefs) @ Rq.T) ** 2))
+    return resid2 - problem.tail2
+
+
+def _np(a):
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+# -- timing ------------------------------------------------------------------------------
+
+
+def _timeit(fn, *, budget_s, max_repeats, min_repeats=3):
+    """Median wall time of ``fn()`` after one warm-up call; returns (median, repeats, result)."""
+    t0 = time.perf_counter()
+    result = fn()
+    first = time.perf_counter() - t0
+    if first > 2.0:  # slow methods (full SVD at large m): the single timed call
+        return first, 1, result
+    times = []
+    while len(times) < max_repeats and (len(times) < min_repeats or sum(times) < budget_s):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    if not times:
+        return first, 1, result
+    return statistics.median(times), len(times), result
+
+
+# -- section 1: projection methods -------------------------------------------------------
+
+
+def _methods(problem, *, with_full_svd, lorsum_iters=LORSUM_ITERS, dtype=None):
+    """``{name: callable -> (A, B)}`` with ``A Bᵀ`` the method's rank-r approximation."""
+    import scipy.sparse.linalg as spla
+    import torch
+    from sklearn.utils.extmath import randomized_svd
+
+    r, Y = problem.r, problem.target
+    U0, V0 = problem.U, problem.V
+    dense = problem.dense()
+    dense_t = torch.from_numpy(dense)
+    (c0, A0, B0), (c1, A1, B1) = Y.terms
+
+    def matvec(x):
+        return A0 @ (c0 * (B0.T @ x)) + A1 @ (c1 * (B1.T @ x))
+
+    def rmatvec(x):
+        return B0 @ (c0 * (A0.T @ x)) + B1 @ (c1 * (A1.T @ x))
+
+    op = spla.LinearOperator(
+        Y.shape, matvec=matvec, rmatvec=rmatvec, matmat=matvec, rmatmat=rmatvec, dtype=Y.dtype
+    )
+    v0 = np.random.default_rng(1).standard_normal(min(Y.shape))
+
+    methods = {}
+    if with_full_svd:
+
+        def full_numpy():
+            u, s, vh = np.linalg.svd(dense, full_matrices=False)
+            return u[:, :r] * s[:r], vh[:r].T
+
+        def full_torch():
+            u, s, vh = torch.linalg.svd(dense_t, full_matrices=False)
+            return u[:, :r] * s[:r], vh[:r].mT
+
+        methods["full SVD (numpy)"] = full_numpy
+        methods["full SVD (torch)"] = full_torch
+
+    def svds():
+        u, s, vh = spla.svds(op, k=r, v0=v0)
+        return u * s, vh.T
+
+    def sk_randomized():
+        u, s, vh = randomized_svd(dense, r, n_oversamples=OVERSAMPLES, random_state=0)
+        return u * s, vh.T
+
+    def torch_lowrank():
+        torch.manual_seed(0)
+        u, s, v = torch.svd_lowrank(dense_t, q=r + OVERSAMPLES, niter=2)
+        return u[:, :r] * s[:r], v[:, :r]
+
+    def ours_randomized():
+        u, s, vh = truncated_svd(Y, r, method="randomized", random_state=0)
+        return u * s, vh.T
+
+    methods["scipy svds"] = svds
+    methods["sklearn randomized_svd"] = sk_randomized
+    methods["torch.svd_lowrank"] = torch_lowrank
+    methods["truncated_svd randomized"] = ours_randomized
+    for k in lorsum_iters:
+        methods[f"LoRSum x{k}"] = lambda k=k: lorsum(Y, U0, V0, iters=k)
+    return methods
+
+
+def _floor_fn(problem):
+    """The bare products of one ALS iteration (V-step, then U-step), as in SPEC §3."""
+    terms = problem.target.terms
+    U, V = problem.U, problem.V
+
+    def floor():
+        for _, A, B in terms:  # V-step reads every factor once: B_i (A_iᵀ U)
+            B @ (A.T @ U)
+        for _, A, B in terms:  # U-step: A_i (B_iᵀ V)
+            A @ (B.T @ V)
+
+    return floor
+
+
+def _measure(problem, cfg, *, with_full_svd, label):
+    rows = []
+    methods = _methods(problem, with_full_svd=with_full_svd)
+    for name, fn in methods.items():
+        t, reps, (A, B) = _timeit(fn, budget_s=cfg["budget_s"], max_repeats=cfg["max_repeats"])
+        exc = excess_error(problem, A, B)
+        rows.append(
+            dict(
+                case=label, m=problem.m, n=problem.n, r=problem.r, ratio=problem.ratio,
+                method=name, time_s=t, repeats=reps, excess=exc,
+                rel_excess=exc / problem.tail2,
+            )
+        )
+        del A, B
+    gc.collect()
+    return rows
+
+
+def _projection(cfg, progress):
+    rows, floors = [], []
+    grid = [(m, r) for m in cfg["sizes"] for r in cfg["ranks"] if r + N_ROWS <= m]
+    for m, r in progress(grid, desc="projection"):
+        prob = make_problem(m, m, r, seed=m + r)
+        full = m <= cfg["full_svd_all_ranks_up_to"] or r == 16
+        rows += _measure(prob, cfg, with_full_svd=full, label="realistic")
+        t_floor, reps, _ = _timeit(
+            _floor_fn(prob), budget_s=cfg["budget_s"], max_repeats=4 * cfg["max_repeats"]
+        )
+        # LoRSum x1 again, interleaved with the floor, so both see the same machine load
+        t_l1, _, _ = _timeit(
+            lambda: lorsum(prob.target, prob.U, prob.V, iters=1),
+            budget_s=cfg["budget_s"], max_repeats=4 * cfg["max_repeats"],
+        )
+        floors.append(dict(m=m, r=r, floor_s=t_floor, lorsum1_s=t_l1, multiple=t_l1 / t_floor))
+    return rows, floors
+
+
+def _hard(cfg, progress):
+    rows = []
+    m, r = cfg["hard_size"], 16
+    for ratio in progress(HARD_RATIOS, desc="hard spectra"):
+        prob = make_problem(m, m, r, ratio=ratio, seed=7)
+        rows += _measure(prob, cfg, with_full_svd=True, label=f"hard {ratio}")
+    return rows
+
+
+# -- section 5: scaling ------------------------------------------------------------------
+
+
+def _scaling(rows, r=16):
+    """Least-squares slope of log(time) vs log(m) per method, realistic case at rank r."""
+    out = {}
+    methods = sorted({row["method"] for row in rows})
+    for name in methods:
+        pts = [(row["m"], row["time_s"]) for row in rows
+               if row["method"] == name and row["r"] == r and row["case"] == "realistic"]
+        if len(pts) >= 2:
+            x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+            out[name] = float(np.polyfit(x, y, 1)[0])
+    return out
+
+
+def _resid2(terms, A, B):
+    """``‖Σ c_i U_i V_iᵀ − A Bᵀ‖²`` in float64 from Gram products (for huge targets)."""
+    Y = LowRankSum([(c, U.astype(np.float64), V.astype(np.float64)) for c, U, V in terms])
+    A = _np(A).astype(np.float64)
+    B = _np(B).astype(np.float64)
+    return Y.norm() ** 2 - 2.0 * float(np.sum(A * (Y @ B))) + float(np.sum((A.T @ A) * (B.T @ B)))
+
+
+def _seven_b(cfg, progress):
+    """One measurement at 7B layer shapes in float32 (the dtype LoRSum runs in), r=16, N=4096.
+
+    The step is scaled so that ``‖ηG‖₂ = 0.3 σ_r`` of the adapter; accuracy is the residual
+    relative to the full SVD's (``rel_excess`` = resid/resid_full − 1).
+    """
+    import torch
+    from sklearn.utils.extmath import randomized_svd
+
+    rows = []
+    r, N = 16, 4096
+    for m, n in progress([(4096, 4096), (4096, 11008)], desc="7B shapes"):
+        rng = np.random.default_rng(0)
+        U = (_orth(rng, m, r) / np.sqrt(np.arange(1, r + 1))).astype(np.float32)
+        V = _orth(rng, n, r).astype(np.float32)
+        Dt = rng.standard_normal((m, N)).astype(np.float32)
+        Xt = (rng.standard_normal((n, N)) * 0.97 ** np.arange(N) ** 0.5).astype(np.float32)
+        G = LowRankSum([(1.0, Dt, Xt)])
+        g2 = float(truncated_svd(G, 1, method="randomized", random_state=0)[1][0])
+        eta = 0.3 * (1.0 / math.sqrt(r)) / g2
+        Y = LowRankSum([(1.0, U, V), (-eta, Dt, Xt)])
+        t0 = time.perf_counter()
+        dense = Y.to_dense()
+        t_form = time.perf_counter() - t0
+        dense_t = torch.from_numpy(dense)
+
+        def pair(u, s, vh):
+            return u[:, :r] * s[:r], vh[:r].T
+
+        methods = {
+            "LoRSum x1": lambda: lorsum(Y, U, V, iters=1),
+            "LoRSum x2": lambda: lorsum(Y, U, V, iters=2),
+            "truncated_svd randomized": lambda: pair(
+                *truncated_svd(Y, r, method="randomized", random_state=0)),
+            "torch.svd_lowrank": lambda: pair(
+                *(lambda u, s, v: (u, s, v.mT))(
+                    *torch.svd_lowrank(dense_t, q=r + OVERSAMPLES, niter=2))),
+            "sklearn randomized_svd": lambda: pair(*randomized_svd(dense, r, random_state=0)),
+            "full SVD (numpy)": lambda: pair(*np.linalg.svd(dense, full_matrices=False)),
+        }
+        res = {}
+        for name, fn in methods.items():
+            full = name.startswith("full")
+            t, reps, (A, B) = _timeit(fn, budget_s=0.0 if full else cfg["budget_s"],
+                                      max_repeats=3, min_repeats=0 if full else 2)
+            res[name] = (t, reps, _resid2(Y.terms, A, B))
+        ref = res["full SVD (numpy)"][2]
+        for name, (t, reps, r2) in res.items():
+            rows.append(dict(m=m, n=n, r=r, N=N, method=name, time_s=t, repeats=reps,
+                             rel_excess=r2 / ref - 1.0, dense_form_s=t_form))
+        del dense, dense_t
+        gc.collect()
+    return rows
+
+
+# -- sections 3 and 4: optimizer step and memory -----------------------------------------
+
+#: (label, optimizer class name in lowrank_prox.optim, keyword arguments, layer kind)
+OPTIMIZERS = (
+    ("PSI-LoRA x1", "PSILoRA", dict(lr=0.05, iters=1), "lora"),
+    ("Scaled PSI-LoRA", "ScaledPSILoRA", dict(lr=0.05), "lora"),
+    ("SVDLoRA", "SVDLoRA", dict(lr=0.05), "lora"),
+    ("RPLoRA", "RPLoRA", dict(lr=0.05), "lora"),
+    ("GeoLoRA", "GeoLoRA", dict(lr=0.05), "geolora"),
+)
+
+
+def _storages(obj, seen=None, out=None):
+    """``{storage pointer: bytes}`` of every tensor reachable through dicts/lists/tuples."""
+    import torch
+
+    seen = set() if seen is None else seen
+    out = {} if out is None else out
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if torch.is_tensor(obj):
+        st = obj.untyped_storage()
+        out[st.data_ptr()] = st.nbytes()
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _storages(v, seen, out)
+    elif isinstance(obj, list | tuple | set):
+        for v in obj:
+            _storages(v, seen, out)
+    return out
+
+
+def _live_storages():
+    import torch
+
+    gc.collect()
+    out = {}
+    for o in gc.get_objects():
+        try:
+            if torch.is_tensor(o):
+                st = o.untyped_storage()
+                out[st.data_ptr()] = st.nbytes()
+        except (RuntimeError, ReferenceError):  # meta/sparse tensors without storage
+            continue
+    return out
+
+
+def _mlp(width, depth, kind, rank, seed):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*layers[:-1])
+    lnn = importlib.import_module("lowrank_prox.nn")
+    if kind == "geolora":
+        return _to_geolora(model, rank, lnn)
+    if hasattr(lnn, "add_lora"):
+        try:
+            return lnn.add_lora(model, rank, target_modules=[nn.Linear])
+        except (TypeError, ValueError):
+            names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+            return lnn.add_lora(model, rank, target_modules=names)
+    raise ImportError("lowrank_prox.nn.add_lora is not available")
+
+
+def _to_geolora(model, rank, lnn):
+    for attr in ("add_geolora", "add_geo_lora"):
+        if hasattr(lnn, attr):
+            return getattr(lnn, attr)(model, rank)
+    if hasattr(lnn, "add_lora"):
+        import inspect
+
+        if "kind" in inspect.signature(lnn.add_lora).parameters:
+            return lnn.add_lora(model, rank, kind="geolora")
+    raise ImportError("no helper that swaps nn.Linear for GeoLoRALinear")
+
+
+def _lora_numel(model):
+    total = 0
+    for name, p in model.named_parameters():
+        if p.requires_grad and "bias" not in name.rsplit(".", 1)[-1]:
+            total += p.numel()
+    return total
+
+
+def _step_bench(label, make_opt, kind, cfg, *, rank=8, batch=64, depth=3, seed=0):
+    """Median (forward, backward, step) time, optimizer-state and captured bytes."""
+    import torch
+
+    model = _mlp(cfg["mlp_width"], depth, kind, rank, seed)
+    opt = make_opt(model)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg["mlp_width"], generator=gen)
+    y = torch.randn(batch, cfg["mlp_width"], generator=gen)
+    loss_fn = torch.nn.MSELoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    for _ in range(2):  # warm-up: lazily created state, first-call costs
+        step()
+    times = []
+    for _ in range(cfg["mlp_steps"]):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    # memory: state held across steps, and what is alive between backward and step
+    opt.zero_grad(set_to_none=True)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    state = {k: v for k, v in _storages(dict(opt.state)).items() if k not in params}
+    before = _live_storages()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    after = _live_storages()
+    grads = _storages([p.grad for p in model.parameters() if p.grad is not None])
+    mine = _storages([x, y, loss])
+    captured = {k: v for k, v in after.items()
+                if k not in before and k not in grads and k not in mine}
+    opt.step()
+    lora = _lora_numel(model)
+    elem = next(model.parameters()).element_size()
+    return dict(
+        method=label, step_s=statistics.median(times), steps=len(times),
+        state_bytes=sum(state.values()), captured_bytes=sum(captured.values()),
+        grad_bytes=sum(grads.values()), lora_params=lora, lora_bytes=lora * elem,
+    )
+
+
+def _optimizers(cfg, progress):
+    """LoRA + Adam and every lowrank_prox optimizer that imports; ratios to LoRA + Adam."""
+    import torch
+
+    rows, skipped = [], {}
+    try:
+        base = _step_bench(
+            "LoRA + Adam",
+            lambda model: torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
+                                           lr=1e-3),
+            "lora", cfg,
+        )
+    except (ImportError, AttributeError) as exc:
+        return [], {"LoRA + Adam": f"{type(exc).__name__}: {exc}"}
+    rows.append(base)
+    try:
+        optim = importlib.import_module("lowrank_prox.optim")
+    except ImportError as exc:
+        optim = None
+        skipped["lowrank_prox.optim"] = str(exc)
+    for label, cls_name, kwargs, kind in progress(OPTIMIZERS, desc="optimizers"):
+        cls = getattr(optim, cls_name, None) if optim is not None else None
+        if cls is None:
+            skipped[label] = f"lowrank_prox.optim.{cls_name} not available"
+            continue
+        try:
+            rows.append(_step_bench(label, lambda model, cls=cls: cls(model, **kwargs), kind, cfg))
+        except Exception as exc:  # noqa: BLE001 -- a peer's optimizer failing is reported, not fatal
+            skipped[label] = f"{type(exc).__name__}: {exc}"
+    for row in rows:
+        row["time_ratio"] = row["step_s"] / base["step_s"]
+        row["state_per_lora_param"] = row["state_bytes"] / row["lora_bytes"]
+        row["captured_per_lora_param"] = row["captured_bytes"] / row["lora_bytes"]
+    return rows, skipped
+
+
+# -- targets, table, figure --------------------------------------------------------------
+
+
+def _row(rows, method, m, r, case="realistic"):
+    for row in rows:
+        if row["method"] == method and row["m"] == m and row["r"] == r and row["case"] == case:
+            return row
+    return None
+
+
+def _targets(proj, floors, opt_rows, m, r=16):
+    t = {"size": m, "rank": r}
+    l1 = _row(proj, "LoRSum x1", m, r)
+    fulls = [x for x in (_row(proj, "full SVD (numpy)", m, r), _row(proj, "full SVD (torch)", m, r))
+             if x is not None]
+    if l1 and fulls:
+        best = min(fulls, key=lambda x: x["time_s"])
+        t["lorsum1_vs_full_svd"] = best["time_s"] / l1["time_s"]
+        t["lorsum1_vs_full_svd_baseline"] = best["method"]
+        t["lorsum1_vs_full_svd_met"] = t["lorsum1_vs_full_svd"] >= 1000
+    for base in ("torch.svd_lowrank", "scipy svds"):
+        b = _row(proj, base, m, r)
+        if b is None:
+            continue
+        match = None
+        for k in LORSUM_ITERS:
+            lk = _row(proj, f"LoRSum x{k}", m, r)
+            if lk["excess"] <= max(b["excess"], 0.0):
+                match = lk
+                break
+        key = base.split(".")[-1].split()[-1]
+        if match is None:
+            t[f"matched_vs_{key}"] = None
+            t[f"matched_vs_{key}_met"] = False
+            t[f"matched_vs_{key}_note"] = (
+                f"no LoRSum x{{{','.join(map(str, LORSUM_ITERS))}}} reaches its excess "
+                f"{b['rel_excess']:.2e}"
+            )
+        else:
+            t[f"matched_vs_{key}"] = b["time_s"] / match["time_s"]
+            t[f"matched_vs_{key}_iters"] = int(match["method"].split("x")[-1])
+            t[f"matched_vs_{key}_met"] = t[f"matched_vs_{key}"] >= 10
+    fl = [f for f in floors if f["m"] == m and f["r"] == r]
+    if fl:
+        t["lorsum1_floor_multiple"] = fl[0]["multiple"]
+        t["lorsum1_floor_multiple_met"] = fl[0]["multiple"] <= 2.0
+    psi = [o for o in opt_rows if o["method"] == "PSI-LoRA x1"]
+    if psi:
+        t["psilora_step_ratio"] = psi[0]["time_ratio"]
+        t["psilora_step_ratio_met"] = psi[0]["time_ratio"] <= 1.3
+    return t
+
+
+def _environment():
+    import scipy
+    import sklearn
+    import torch
+
+    env = dict(
+        python=platform.python_version(), numpy=np.__version__, scipy=scipy.__version__,
+        sklearn=sklearn.__version__, torch=torch.__version__, cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(), machine=platform.machine(),
+        processor=platform.processor() or platform.machine(),
+    )
+    try:
+        from threadpoolctl import threadpool_info
+
+        env["blas_threads"] = sorted({(i["internal_api"], i["num_threads"])
+                                      for i in threadpool_info()})
+    except ImportError:
+        pass
+    return env
+
+
+def _plot(proj, hard, floors, opt_rows, sizes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    ax = axes[0, 0]
+    methods = list(dict.fromkeys(row["method"] for row in proj))
+    shown = [mth for mth in methods if mth not in ("LoRSum x8", "LoRSum x16")]
+    for mth in shown:
+        pts = sorted((row["m"], row["time_s"]) for row in proj
+                     if row["method"] == mth and row["r"] == 16)
+        if pts:
+            ax.loglog(*zip(*pts), marker="o", label=mth)
+    fpts = sorted((f["m"], f["floor_s"]) for f in floors if f["r"] == 16)
+    if fpts:
+        ax.loglog(*zip(*fpts), "k--", label="floor (ALS products)")
+    ax.set_xlabel("m = n")
+    ax.set_ylabel("time per projection [s]")
+    ax.set_title("(a) projection of a warm-started step, r = 16, N = 64")
+    ax.legend(fontsize=7)
+
+    ax = axes[0, 1]
+    m = max(sizes)
+    for row in proj:
+        if row["m"] == m and row["r"] == 16:
+            ax.scatter(row["time_s"], max(row["rel_excess"], 1e-16))
+            ax.annotate(row["method"], (row["time_s"], max(row["rel_excess"], 1e-16)),
+                        fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("time [s]")
+    ax.set_ylabel("relative excess error (floored at 1e-16)")
+    ax.set_title(f"(b) accuracy vs time, m = n = {m}, r = 16, ρ = {REALISTIC_RATIO}")
+
+    ax = axes[1, 0]
+    cases = list(dict.fromkeys(row["case"] for row in hard))
+    hm = list(dict.fromkeys(row["method"] for row in hard))
+    width = 0.8 / max(len(cases), 1)
+    for j, case in enumerate(cases):
+        vals = [max(next(r_["rel_excess"] for r_ in hard
+                         if r_["case"] == case and r_["method"] == mth), 1e-16) for mth in hm]
+        ax.bar(np.arange(len(hm)) + j * width, vals, width, label=f"ρ = {case.split()[-1]}")
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(hm)) + 0.4 - width / 2)
+    ax.set_xticklabels(hm, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("relative excess error")
+    ax.set_title(f"(c) hard spectra σ_(r+1)/σ_r = ρ, m = n = {hard[0]['m'] if hard else ''}")
+    ax.legend(fontsize=7)
+
+    ax = axes[1, 1]
+    if opt_rows:
+        labels = [o["method"] for o in opt_rows]
+        xs = np.arange(len(labels))
+        ax.bar(xs - 0.2, [o["time_ratio"] for o in opt_rows], 0.4, label="step time / LoRA+Adam")
+        ax.bar(xs + 0.2, [o["state_per_lora_param"] for o in opt_rows], 0.4,
+               label="optimizer state / LoRA params")
+        ax.axhline(1.3, color="k", ls=":", lw=1)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no optimizers available", ha="center", transform=ax.transAxes)
+    ax.set_title("(d) optimizer step (MLP, r = 8, batch 64): ratios")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_time(t):
+    return f"{t * 1e3:9.3f}" if t is not None else "        -"
+
+
+def _print_table(proj, floors, hard, opt_rows, seven, scaling, targets, sizes, out=sys.stdout):
+    p = lambda s="": print(s, file=out)  # noqa: E731
+    p("Projection of a warm-started step, r = 16, N = 64: median time [ms] "
+      f"(relative excess error at m = {max(sizes)})")
+    p(f"{'method':<26}" + "".join(f"{m:>10}" for m in sizes) + f"{'rel.exc':>11}{'slope':>7}")
+    for mth in dict.fromkeys(row["method"] for row in proj):
+        line = f"{mth:<26}"
+        for m in sizes:
+            row = _row(proj, mth, m, 16)
+            line += " " + _fmt_time(row["time_s"] if row else None)
+        last = _row(proj, mth, max(sizes), 16)
+        line += f"{last['rel_excess']:11.1e}" if last else f"{'-':>11}"
+        line += f"{scaling.get(mth, float('nan')):7.2f}"
+        p(line)
+    fl = [f for f in floors if f["r"] == 16]
+    p(f"{'floor (ALS products)':<26}" + "".join(" " + _fmt_time(f["floor_s"]) for f in fl))
+    p(f"{'LoRSum x1 / floor':<26}" + "".join(f"{f['multiple']:10.2f}" for f in fl))
+    if hard:
+        p()
+        p(f"Hard spectra (m = n = {hard[0]['m']}, r = 16): relative excess error, time [ms]")
+        for case in dict.fromkeys(row["case"] for row in hard):
+            p(f"  {case}: " + ", ".join(
+                f"{row['method']} {row['rel_excess']:.1e} ({row['time_s'] * 1e3:.1f})"
+                for row in hard if row["case"] == case))
+    if opt_rows:
+        p()
+        p("Optimizer step (MLP, LoRA r = 8, batch 64)")
+        p(f"{'method':<18}{'step ms':>9}{'x Adam':>8}{'state/LoRA':>12}{'captured/LoRA':>15}")
+        for o in opt_rows:
+            p(f"{o['method']:<18}{o['step_s'] * 1e3:9.2f}{o['time_ratio']:8.2f}"
+              f"{o['state_per_lora_param']:12.2f}{o['captured_per_lora_param']:15.2f}")
+    if seven:
+        p()
+        p("7B layer shapes (float32, r = 16, N = 4096): time [s], excess vs full SVD")
+        for row in seven:
+            p(f"  {row['m']}x{row['n']} {row['method']:<26}{row['time_s']:9.3f}"
+              f"{row['rel_excess']:11.1e}")
+    p()
+    p("Targets: " + json.dumps({k: (round(v, 3) if isinstance(v, float) else v)
+                                for k, v in targets.items()}))
+
+
+def run(fast=False):
+    """Run every section; returns ``(FigureResult, printable tables)``."""
+    from .registry import FigureResult, progress
+
+    cfg = FAST if fast else FULL
+    env = _environment()
+    load0 = os.getloadavg()
+    t_start = time.perf_counter()
+    proj, floors = _projection(cfg, progress)
+    hard = _hard(cfg, progress)
+    opt_rows, skipped = _optimizers(cfg, progress)
+    seven = _seven_b(cfg, progress) if cfg["seven_b"] else []
+    scaling = _scaling(proj)
+    target_m = 2048 if 2048 in cfg["sizes"] else max(cfg["sizes"])
+    targets = _targets(proj, floors, opt_rows, target_m)
+    env["loadavg_start"] = load0
+    env["loadavg_end"] = os.getloadavg()
+    env["wall_s"] = time.perf_counter() - t_start
+    fig = _plot(proj, hard, floors, opt_rows, cfg["sizes"])
+    notes = _notes(targets, skipped, fast)
+    settings = dict(
+        fast=fast, n_rows=N_ROWS, realistic_ratio=REALISTIC_RATIO, hard_ratios=HARD_RATIOS,
+        lorsum_iters=LORSUM_ITERS, oversamples=OVERSAMPLES, dtype="float64 (7B: float32)",
+        **{k: v for k, v in cfg.items()}, environment=env,
+    )
+    series = dict(projection=proj, hard=hard, floor=floors, optimizers=opt_rows,
+                  seven_b=seven, skipped=skipped)
+    metrics = dict(targets=targets, scaling_exponent=scaling)
+    result = FigureResult(fig, settings, series, metrics, notes,
+                          extra={"description": "speed, accuracy and memory benchmark (issue 9)"})
+    return result, (proj, floors, hard, opt_rows, seven, scaling, targets, cfg["sizes"])
+
+
+def _notes(targets, skipped, fast):
+    lines = []
+    if fast:
+        lines.append("--fast: small sizes and few repeats; the targets are defined at m = 2048.")
+    lines.append("Timed side by side on a machine shared with other jobs: ratios, not absolute "
+                 "times, are the result.")
+    for key in ("lorsum1_vs_full_svd", "matched_vs_svd_lowrank", "matched_vs_svds",
+                "lorsum1_floor_multiple", "psilora_step_ratio"):
+        if key in targets:
+            val = targets[key]
+            met = targets.get(key + "_met")
+            extra = targets.get(key + "_note", "")
+            if val is None:
+                lines.append(f"{key}: not met ({extra})")
+            else:
+                lines.append(f"{key} = {val:.3g} ({'met' if met else 'NOT met'})")
+    for k, v in skipped.items():
+        lines.append(f"skipped {k}: {v}")
+    return "\n".join(lines)
+
+
+def main(fast=False, out="figures"):
+    """``python -m analysis bench``: run, print the table, write ``bench.{png,pdf,json}``."""
+    from .registry import save
+
+    result, tables = run(fast=fast)
+    _print_table(*tables)
+    paths = save("bench", result, out)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
