@@ -29,7 +29,9 @@ from .factored import LowRankSum, as_operator
 __all__ = ["geolora_step", "geolora_tangent", "tail_rank"]
 
 
-def geolora_step(U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, check_finite=True):
+def geolora_step(
+    U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, augment=True, check_finite=True
+):
     """One GeoLoRA step ``W₊ = T_τ(W − lr·P_T(G))`` for ``W = U S Vᵀ`` (SPEC §8).
 
     Parameters
@@ -54,6 +56,10 @@ def geolora_step(U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, check_finite
         Upper clamp of the new rank, default ``min(m, n)``.  The rank can at most double per step
         (the augmented basis has ``min(2r, m)`` and ``min(2r, n)`` columns), so the result has rank
         ``min(max(tail_rank, min_rank), max_rank, min(2r, m), min(2r, n))``.
+    augment : bool, default True
+        ``False`` skips the basis augmentation: only the coefficient ("S") step
+        ``S − lr·UᵀGV`` in the current bases, then the truncation (the "coefficient steps" that
+        GeoLoRA's reference trainers run between augmentations, peers.md §1.4).
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs.
 
@@ -87,6 +93,8 @@ def geolora_step(U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, check_finite
     if max_rank is None:
         max_rank = min(m, n)
     max_rank = _validate.check_int(max_rank, "max_rank", low=min_rank, high=min(m, n))
+    if not isinstance(augment, bool):
+        raise TypeError(f"augment must be True or False; got {augment!r}")
 
     like = op.terms[0][1] if isinstance(op, LowRankSum) else op.to_dense()
     xp = _xp.get_namespace(U, S, V, like, names=["U", "S", "V", "G"])
@@ -98,8 +106,11 @@ def geolora_step(U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, check_finite
     GK = op @ V  # G V        (m × r)
     GL = op.T @ U  # Gᵀ U     (n × r)
     grad_S = U.mT @ GK  # Uᵀ G V (r × r)
-    U_new = _augment(U, GK, xp)  # Ũ: m × (p − r), orthogonal to U
-    V_new = _augment(V, GL, xp)  # Ṽ: n × (q − r)
+    if augment:
+        U_new = _augment(U, GK, xp)  # Ũ: m × (p − r), orthogonal to U
+        V_new = _augment(V, GL, xp)  # Ṽ: n × (q − r)
+    else:
+        U_new, V_new = U[:, :0], V[:, :0]
     p, q = r + U_new.shape[1], r + V_new.shape[1]
 
     M = xp.zeros((p, q), dtype=work, device=_xp.device(U))
