@@ -1,0 +1,24 @@
+"""Torch optimizers for LoRA layers (SPEC §6, §8): PSI-LoRA and the baselines.
+
+All take the *model* (they hook its LoRA layers to capture ``G = Δᵀ X``), follow torch.optim's
+conventions (``param_groups``, ``step(closure)``, ``zero_grad``, ``state_dict``) and share the
+base :class:`LoRAOptimizer` (``lowrank_prox/optim/_base.py`` says how to subclass it).  Plain
+LoRA and full fine-tuning use ``torch.optim`` directly.
+"""
+
+from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
+from .baselines import RPLoRA, SVDLoRA
+from .geolora import GeoLoRA
+from .psilora import ProjPSILoRA, PSILoRA
+
+__all__ = [
+    "CapturedGradient",
+    "GeoLoRA",
+    "LoRALayer",
+    "LoRAOptimizer",
+    "NonFiniteStepWarning",
+    "PSILoRA",
+    "ProjPSILoRA",
+    "RPLoRA",
+    "SVDLoRA",
+]

@@ -1,0 +1,424 @@
+"""Base class of the LoRA optimizers that work on the captured layer gradient ``G = Δᵀ X``.
+
+:class:`LoRAOptimizer` owns everything that is not the per-layer update rule (SPEC §6):
+
+- discovery of the LoRA layers (modules with ``lora_A`` (r × in) and ``lora_B`` (out × r):
+  :class:`lowrank_prox.nn.LoRALinear` or a PEFT ``lora.Linear`` with scaling 1) and hooks that
+  capture ``X`` and ``Δ`` (:mod:`._capture`), so ``G`` is never formed;
+- the optimizer of the *other* trainable parameters (SGD-momentum by default, or any torch
+  optimizer built by a factory), whose learning rates follow the LoRA group's schedule;
+- implicit global clipping, ``‖G‖² = ⟨XXᵀ, ΔΔᵀ⟩`` per layer (SPEC §6, paper.md §10.4);
+- the NaN/Inf skip: if any captured gradient, any other gradient or any new factor is not
+  finite, the whole step is skipped and parameters and state are left unchanged;
+- float32 (at least) arithmetic for bf16/fp16 parameters, results written back in the
+  parameters' dtype and device; per-layer state kept in the compute dtype;
+- ``state_dict`` / ``load_state_dict`` that resume bit-identically (the state's dtypes are kept,
+  unlike ``torch.optim.Optimizer.load_state_dict`` which casts them to the parameters' dtype).
+
+How to subclass
+---------------
+Pass the per-group hyper-parameters as ``defaults`` and implement :meth:`_layer_step`::
+
+    class MyLoRA(LoRAOptimizer):
+        def __init__(self, model, lr, *, ridge=1e-3, **kwargs):
+            ridge = _validate.check_real(ridge, "ridge", low=0.0)
+            super().__init__(model, lr, defaults={"ridge": ridge}, **kwargs)
+
+        def _init_layer_state(self, layer, group):      # optional, called once per layer
+            return {"step": 0}
+
+        def _layer_step(self, layer, grad, group, state):
+            U, V = layer.factors()                      # W = W0 + U Vᵀ, compute dtype, copies
+            lam = self._ridge(group)                    # λ = group["lr"] · group["ridge"]
+            target = grad.as_sum(-group["lr"], extra=[(1.0, U, V)])   # U Vᵀ − η G
+            U, V = lorsum(target, U, V, ridge=lam, check_finite=False)
+            return (U, V), {**state, "step": state["step"] + 1}
+
+``grad`` is a :class:`CapturedGradient` (clip factor included).  ``_layer_step`` must not modify
+``state`` or its tensors in place: it returns the new factors and a new state dict, and the base
+commits them only when every layer's result is finite.  A layer that received no gradient since
+the last step is not stepped.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import warnings
+
+import torch
+from torch import nn
+
+from .. import _validate
+from ..factored import LowRankSum
+from ._capture import GradientCapture
+
+__all__ = ["CapturedGradient", "LoRALayer", "LoRAOptimizer", "NonFiniteStepWarning"]
+
+
+class NonFiniteStepWarning(UserWarning):
+    """A step was skipped because a gradient or an update was not finite."""
+
+
+class LoRALayer:
+    """One adapted layer as the optimizers see it: ``W = W0 + U Vᵀ``, ``U = B``, ``Vᵀ = A``."""
+
+    def __init__(self, name, module, A, B):
+        self.name = name
+        self.module = module
+        self.A = A
+        self.B = B
+        self.rank, self.in_features = A.shape
+        self.out_features = B.shape[0]
+        self.dtype = compute_dtype(B.dtype)
+        self.capture = None
+
+    def factors(self):
+        """Copies ``(U, V)`` = ``(B, Aᵀ)`` in the compute dtype (float32 at least)."""
+        U = self.B.detach().to(self.dtype, copy=True)
+        V = self.A.detach().mT.to(self.dtype, copy=True)
+        return U, V
+
+    @torch.no_grad()
+    def write(self, U, V):
+        """``B ← U``, ``A ← Vᵀ`` (cast to the parameters' dtype, in place)."""
+        self.B.copy_(U)
+        self.A.copy_(V.mT)
+
+    def __repr__(self):
+        return (
+            f"LoRALayer({self.name!r}, in={self.in_features}, out={self.out_features}, "
+            f"rank={self.rank})"
+        )
+
+
+class CapturedGradient:
+    """The layer gradient ``G = scale · Δᵀ X`` (out × in), kept factored (SPEC §1).
+
+    ``X`` is ``(N, in)``, ``Delta`` is ``(N, out)``, both in the compute dtype; ``scale`` is the
+    global clipping factor (1 without clipping).
+    """
+
+    def __init__(self, X, Delta, scale=1.0):
+        self.X = X
+        self.Delta = Delta
+        self.scale = scale
+
+    @property
+    def shape(self):
+        return (self.Delta.shape[1], self.X.shape[1])
+
+    def term(self, coef=1.0):
+        """The ``LowRankSum`` term ``(coef·scale, Δᵀ, Xᵀ)`` of ``coef · G``."""
+        return (coef * self.scale, self.Delta.mT, self.X.mT)
+
+    def as_sum(self, coef=1.0, *, extra=()):
+        """``LowRankSum(extra + [coef · G])``: the target of a LoRSum call."""
+        return LowRankSum([*extra, self.term(coef)], check_finite=False)
+
+    def norm_sq(self):
+        """``‖G‖² = scale² ⟨XXᵀ, ΔΔᵀ⟩`` without the m×n matrix (O(N²(m + n)))."""
+        return self.as_sum().norm() ** 2
+
+    def dense(self):
+        """``G`` as an (out × in) tensor (for the baselines that keep full matrices)."""
+        return self.scale * (self.Delta.mT @ self.X)
+
+
+def ridge_gram(F, lam):
+    """``FᵀF + λI`` (the r×r system of the preconditioned / LoRSum steps, SPEC §3)."""
+    G = F.mT @ F
+    if lam > 0:
+        G = G + lam * torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    return G
+
+
+def compute_dtype(dtype):
+    """float32 for half-precision parameters, the parameters' dtype otherwise."""
+    return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
+
+
+def find_lora_layers(model):
+    """Every module of ``model`` with ``lora_A`` and ``lora_B`` whose factors are trainable."""
+    layers = []
+    for name, module in model.named_modules():
+        if not (hasattr(module, "lora_A") and hasattr(module, "lora_B")):
+            continue
+        A = _factor(module.lora_A, name, "lora_A")
+        B = _factor(module.lora_B, name, "lora_B")
+        if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
+            raise ValueError(
+                f"layer {name!r}: lora_A must be (rank, in) and lora_B (out, rank); got "
+                f"{tuple(A.shape)} and {tuple(B.shape)}"
+            )
+        scaling = getattr(module, "scaling", None)
+        if isinstance(scaling, dict):
+            scaling = next(iter(scaling.values()), None)
+        if scaling is not None and float(scaling) != 1.0:
+            raise ValueError(
+                f"layer {name!r} scales its adapter by {float(scaling)}; these optimizers need "
+                "W = W0 + lora_B @ lora_A (set lora_alpha = r)"
+            )
+        if A.requires_grad and B.requires_grad:
+            layers.append(LoRALayer(name, module, A, B))
+    return layers
+
+
+def _factor(obj, name, attr):
+    if isinstance(obj, nn.ModuleDict):
+        if len(obj) != 1:
+            raise ValueError(
+                f"layer {name!r}: {attr} holds {len(obj)} adapters; exactly one is supported"
+            )
+        obj = next(iter(obj.values()))
+    if isinstance(obj, nn.Module):
+        obj = getattr(obj, "weight", None)
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"layer {name!r}: {attr} must be a parameter or a module with a weight")
+    return obj
+
+
+class LoRAOptimizer(torch.optim.Optimizer):
+    """Base of the optimizers that step LoRA factors from the captured ``G = Δᵀ X`` (SPEC §6).
+
+    See the module docstring for what the base does and how to subclass.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Must contain at least one LoRA layer (a module with trainable ``lora_A``, ``lora_B``).
+        The optimizer registers forward hooks on those layers; call :meth:`remove_hooks` to
+        detach them (a discarded optimizer's hooks capture nothing).
+    lr : float
+        Step size η ≥ 0 of the LoRA group (``param_groups[0]["lr"]``, moved by LR schedulers).
+    defaults : dict
+        Extra hyper-parameters of the LoRA group.
+    max_grad_norm : float or None
+        Global clipping threshold ``c > 0`` over all LoRA layers and other parameters:
+        gradients are scaled by ``min(1, c / (‖g‖ + 1e-6))`` (paper.md §10.4).
+    other_optimizer : callable or None
+        ``params -> torch.optim.Optimizer`` for the other trainable parameters (biases, heads),
+        e.g. ``functools.partial(torch.optim.AdamW, lr=1e-3)``.  Default: SGD with ``lr``,
+        ``other_momentum`` and ``other_dampening``.  Its learning rates are multiplied by the
+        LoRA group's ``lr / lr_initial`` at each step, so one scheduler drives both.
+    other_momentum, other_dampening : float
+        Momentum of the default SGD for the other parameters.
+    """
+
+    def __init__(
+        self,
+        model,
+        lr,
+        *,
+        defaults=None,
+        max_grad_norm=None,
+        other_optimizer=None,
+        other_momentum=0.0,
+        other_dampening=0.0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        lr = _validate.check_real(lr, "lr", low=0.0)
+        if max_grad_norm is not None:
+            max_grad_norm = _validate.check_real(
+                max_grad_norm, "max_grad_norm", low=0.0, low_open=True
+            )
+        other_momentum = _validate.check_real(
+            other_momentum, "other_momentum", low=0.0, high=1.0, high_open=True
+        )
+        other_dampening = _validate.check_real(
+            other_dampening, "other_dampening", low=0.0, high=1.0
+        )
+        if other_optimizer is not None and not callable(other_optimizer):
+            raise TypeError(
+                "other_optimizer must be a callable params -> torch.optim.Optimizer (e.g. "
+                "functools.partial(torch.optim.AdamW, lr=1e-3)); got "
+                f"{type(other_optimizer).__name__}"
+            )
+        layers = find_lora_layers(model)
+        if not layers:
+            raise ValueError(
+                "model must contain at least one LoRA layer (a module with trainable lora_A and "
+                "lora_B, e.g. lowrank_prox.nn.LoRALinear via add_lora); got none"
+            )
+        params = [p for layer in layers for p in (layer.A, layer.B)]
+        seen = {id(p) for p in params}
+        others = []
+        for p in model.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                others.append(p)
+        group_defaults = {"lr": lr, "max_grad_norm": max_grad_norm, **(defaults or {})}
+        super().__init__([{"params": params, "kind": "lora"}], group_defaults)
+
+        self._layers = layers
+        self._layer_of = {id(layer.B): layer for layer in layers}
+        self._lr0 = lr
+        self._other = None
+        self._other_lr0 = []
+        if others:
+            if other_optimizer is None:
+                self._other = torch.optim.SGD(
+                    others, lr=lr, momentum=other_momentum, dampening=other_dampening
+                )
+            else:
+                self._other = other_optimizer(others)
+                if not isinstance(self._other, torch.optim.Optimizer):
+                    raise TypeError(
+                        "other_optimizer must return a torch.optim.Optimizer; got "
+                        f"{type(self._other).__name__}"
+                    )
+            self._other_lr0 = [g["lr"] for g in self._other.param_groups]
+        self.skipped_steps = 0
+        for layer in layers:
+            layer.capture = GradientCapture(
+                layer.module, layer.in_features, layer.out_features, self
+            )
+            self.state[layer.B].update(self._init_layer_state(layer, self.param_groups[0]))
+
+    # -- subclass interface ---------------------------------------------------------------
+    def _init_layer_state(self, layer, group):
+        """Initial state of one layer (a dict); default empty."""
+        return {}
+
+    def _layer_step(self, layer, grad, group, state):
+        """Return ``((U_new, V_new), new_state)`` for one layer; see the module docstring."""
+        raise NotImplementedError
+
+    def _ridge(self, group):
+        """The proximal weight λ = η·λ0 of this step (SPEC §3), following the scheduled lr."""
+        return group["lr"] * group["ridge"]
+
+    # -- public ---------------------------------------------------------------------------
+    @property
+    def layers(self):
+        """The adapted layers, in ``model.named_modules()`` order."""
+        return list(self._layers)
+
+    @property
+    def other_optimizer(self):
+        """The optimizer of the non-LoRA trainable parameters, or ``None``."""
+        return self._other
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step of every LoRA layer that received a gradient and of the other parameters.
+
+        Returns the closure's loss.  If any gradient or any new factor is not finite the whole
+        step is skipped (a :class:`NonFiniteStepWarning` is issued, ``skipped_steps`` counts
+        it): parameters and state stay as they were.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        try:
+            self._step()
+        finally:
+            for layer in self._layers:
+                layer.capture.clear()
+        return loss
+
+    def zero_grad(self, set_to_none=True):
+        """Zero ``.grad`` of all parameters and drop the captured rows that have a gradient."""
+        super().zero_grad(set_to_none=set_to_none)
+        if self._other is not None:
+            self._other.zero_grad(set_to_none=set_to_none)
+        for layer in self._layers:
+            layer.capture.clear(completed_only=True)
+
+    def remove_hooks(self):
+        """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
+        for layer in self._layers:
+            layer.capture.remove()
+
+    def state_dict(self):
+        sd = super().state_dict()
+        if self._other is not None:
+            sd["other_optimizer"] = self._other.state_dict()
+        sd["skipped_steps"] = self.skipped_steps
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        other = state_dict.pop("other_optimizer", None)
+        self.skipped_steps = state_dict.pop("skipped_steps", 0)
+        if (other is None) != (self._other is None):
+            raise ValueError(
+                "state_dict does not match this optimizer: other_optimizer state "
+                f"{'missing' if other is None else 'present'} but this model has "
+                f"{'some' if self._other is not None else 'no'} other trainable parameters"
+            )
+        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameters' dtype; restore the saved dtypes exactly.
+        saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        current = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+        by_id = dict(zip(saved_ids, current, strict=True))
+        for pid, st in state_dict["state"].items():
+            p = by_id[pid]
+            self.state[p] = {
+                k: (v.to(device=p.device, copy=True) if isinstance(v, torch.Tensor)
+                    else copy.deepcopy(v))
+                for k, v in st.items()
+            }
+        if other is not None:
+            self._other.load_state_dict(other)
+
+    # -- private --------------------------------------------------------------------------
+    def _step(self):
+        work = []
+        for group in self.param_groups:
+            if group.get("kind") != "lora":
+                continue
+            for B in group["params"][1::2]:
+                layer = self._layer_of[id(B)]
+                rows = layer.capture.rows()
+                if rows is not None:
+                    X, D = (t.to(layer.dtype) for t in rows)
+                    work.append((layer, CapturedGradient(X, D), group))
+        others = [] if self._other is None else [
+            p for g in self._other.param_groups for p in g["params"] if p.grad is not None
+        ]
+        finite = all(bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for _, g, _ in work)
+        finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
+        if not finite:
+            return self._skip("a captured or other gradient contains NaN/Inf")
+
+        clip = self.param_groups[0]["max_grad_norm"]
+        coef = 1.0
+        if clip is not None:
+            total = sum(g.norm_sq() for _, g, _ in work)
+            total += sum(float(p.grad.double().pow(2).sum()) for p in others)
+            coef = min(1.0, clip / (total**0.5 + 1e-6))
+            for _, g, _ in work:
+                g.scale = coef
+
+        results = []
+        for layer, grad, group in work:
+            state = self.state[layer.B]
+            (U, V), new_state = self._layer_step(layer, grad, group, state)
+            results.append((layer, U, V, new_state))
+        for _, U, V, new_state in results:
+            tensors = [U, V, *(v for v in new_state.values() if isinstance(v, torch.Tensor))]
+            if not all(bool(t.isfinite().all()) for t in tensors):
+                return self._skip("an update is not finite")
+
+        for layer, U, V, new_state in results:
+            layer.write(U, V)
+            self.state[layer.B] = new_state
+        if others:
+            if coef < 1.0:
+                for p in others:
+                    p.grad.mul_(coef)
+            ratio = self.param_groups[0]["lr"] / self._lr0 if self._lr0 > 0 else 1.0
+            for g, lr0 in zip(self._other.param_groups, self._other_lr0, strict=True):
+                g["lr"] = lr0 * ratio
+            self._other.step()
+
+    def _skip(self, why):
+        self.skipped_steps += 1
+        warnings.warn(
+            f"{type(self).__name__}: step skipped, {why}; parameters and state unchanged",
+            NonFiniteStepWarning,
+            stacklevel=3,
+        )

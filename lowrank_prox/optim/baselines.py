@@ -1,0 +1,202 @@
+"""Baselines on the same API: SVDLoRA (SPEC §2) and RPLoRA (SPEC §5, reference/paper.md §10.6).
+
+Plain LoRA (SGD/AdamW on ``lora_A``, ``lora_B``) and full fine-tuning need no class here: use
+``torch.optim`` on the trainable parameters.
+"""
+
+from __future__ import annotations
+
+from .. import _validate, _xp
+from ..svd import truncated_svd
+from ._base import LoRAOptimizer
+from ._base import ridge_gram as _gram
+
+__all__ = ["RPLoRA", "SVDLoRA"]
+
+_RULES = ("sgd", "adam", "adamw")
+
+
+def _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay):
+    _validate.check_choice(optimizer, "optimizer", _RULES)
+    momentum = _validate.check_real(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+    dampening = _validate.check_real(dampening, "dampening", low=0.0, high=1.0)
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
+    betas = tuple(
+        _validate.check_real(b, f"betas[{i}]", low=0.0, high=1.0, high_open=True)
+        for i, b in enumerate(betas)
+    )
+    eps = _validate.check_real(eps, "eps", low=0.0, low_open=True)
+    weight_decay = _validate.check_real(weight_decay, "weight_decay", low=0.0)
+    return {
+        "optimizer": optimizer,
+        "momentum": momentum,
+        "dampening": dampening,
+        "betas": betas,
+        "eps": eps,
+        "weight_decay": weight_decay,
+    }
+
+
+def _rule_step(W, g, state, key, group, step):
+    """One SGD(-momentum) or Adam(W) update of ``W`` with gradient ``g``, torch.optim's rules.
+
+    Returns ``(W_new, entries)`` where ``entries`` are the new state tensors under ``key``-
+    prefixed names; nothing is modified in place.
+    """
+    lr, wd = group["lr"], group["weight_decay"]
+    if group["optimizer"] == "sgd":
+        if wd:
+            g = g + wd * W
+        mu, d = group["momentum"], group["dampening"]
+        if mu == 0:
+            return W - lr * g, {}
+        buf = state.get(key + "momentum_buffer")
+        buf = g.clone() if buf is None else mu * buf + (1.0 - d) * g
+        return W - lr * buf, {key + "momentum_buffer": buf}
+    b1, b2 = group["betas"]
+    if wd and group["optimizer"] == "adam":
+        g = g + wd * W
+    if wd and group["optimizer"] == "adamw":
+        W = W * (1.0 - lr * wd)
+    m = state.get(key + "exp_avg")
+    v = state.get(key + "exp_avg_sq")
+    m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
+    v = (1.0 - b2) * g * g if v is None else b2 * v + (1.0 - b2) * g * g
+    t = step + 1
+    denom = (v / (1.0 - b2**t)).sqrt() + group["eps"]
+    W = W - (lr / (1.0 - b1**t)) * m / denom
+    return W, {key + "exp_avg": m, key + "exp_avg_sq": v}
+
+
+class SVDLoRA(LoRAOptimizer):
+    """Full step then rank-r projection, ``W ← Π_r(W − η·step(G))`` (SPEC §2, Proposition 1).
+
+    Each layer keeps its full adapter ``Ŵ = B A`` (out × in); the step applies SGD(-momentum)
+    or Adam(W) to ``Ŵ`` with the dense gradient ``G = Δᵀ X`` and its own full-size state
+    (``momentum_buffer`` or ``exp_avg``/``exp_avg_sq``, out × in), then projects by the exact
+    :func:`lowrank_prox.truncated_svd` and writes ``B = U_r S_r½``, ``A = S_r½ V_rᵀ``.  After
+    every step ``lora_B @ lora_A`` is the projected adapter.  This is the reference baseline:
+    one SVD per layer per step and O(mn) memory.
+
+    Parameters
+    ----------
+    model, lr
+        As :class:`PSILoRA`.
+    momentum, dampening : float
+        SGD momentum (torch.optim.SGD's rule; the first step sets the buffer to G).
+    optimizer : {"sgd", "adam", "adamw"}, default "sgd"
+    betas, eps, weight_decay
+        Adam(W) settings; ``weight_decay`` is L2 for "sgd"/"adam", decoupled for "adamw".
+    max_grad_norm, other_optimizer, other_momentum, other_dampening
+        As :class:`LoRAOptimizer` (default SGD for other parameters uses ``momentum``).
+    """
+
+    def __init__(
+        self,
+        model,
+        lr,
+        *,
+        momentum=0.0,
+        dampening=0.0,
+        optimizer="sgd",
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        max_grad_norm=None,
+        other_optimizer=None,
+        other_momentum=None,
+        other_dampening=None,
+    ):
+        defaults = _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay)
+        super().__init__(
+            model,
+            lr,
+            defaults=defaults,
+            max_grad_norm=max_grad_norm,
+            other_optimizer=other_optimizer,
+            other_momentum=defaults["momentum"] if other_momentum is None else other_momentum,
+            other_dampening=defaults["dampening"] if other_dampening is None else other_dampening,
+        )
+
+    def _init_layer_state(self, layer, group):
+        return {"step": 0}
+
+    def _layer_step(self, layer, grad, group, state):
+        U, V = layer.factors()
+        W, entries = _rule_step(U @ V.mT, grad.dense(), state, "", group, state["step"])
+        Ur, s, Vh = truncated_svd(W, layer.rank, check_finite=False)
+        root = s.sqrt()
+        new_state = {**state, **entries, "step": state["step"] + 1}
+        return (Ur * root, Vh.mT * root), new_state
+
+
+class RPLoRA(LoRAOptimizer):
+    """Riemannian-preconditioned LoRA (Zhang & Pilanci 2024; SPEC §5, paper.md §10.6).
+
+    Preconditioned factor gradients (``U = lora_B``, ``V = lora_Aᵀ``)::
+
+        ∇_U ← G V (VᵀV + λI)⁻¹,    ∇_V ← Gᵀ U (UᵀU + λI)⁻¹      (G = Δᵀ X, captured)
+
+    then SGD(-momentum) or Adam(W) on the factors.  With SGD, no momentum and ``λ = lr·λ0`` this
+    equals the Jacobi LoRSum step (``PSILoRA(iters=0)``); here, as in the reference code,
+    ``λ = ridge`` is *not* scaled by the learning rate.
+
+    Parameters
+    ----------
+    model, lr
+        As :class:`PSILoRA`.
+    ridge : float, default 1e-3
+        λ ≥ 0 of the preconditioner (the linear task's value).
+    momentum, dampening, optimizer, betas, eps, weight_decay
+        As :class:`SVDLoRA` (state ``U_*``/``V_*`` of factor size).
+    max_grad_norm, other_optimizer, other_momentum, other_dampening
+        As :class:`LoRAOptimizer`.
+    """
+
+    def __init__(
+        self,
+        model,
+        lr,
+        *,
+        ridge=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        optimizer="sgd",
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        max_grad_norm=None,
+        other_optimizer=None,
+        other_momentum=None,
+        other_dampening=None,
+    ):
+        ridge = _validate.check_real(ridge, "ridge", low=0.0)
+        defaults = _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay)
+        super().__init__(
+            model,
+            lr,
+            defaults={"ridge": ridge, **defaults},
+            max_grad_norm=max_grad_norm,
+            other_optimizer=other_optimizer,
+            other_momentum=defaults["momentum"] if other_momentum is None else other_momentum,
+            other_dampening=defaults["dampening"] if other_dampening is None else other_dampening,
+        )
+
+    def _ridge(self, group):
+        return group["ridge"]
+
+    def _init_layer_state(self, layer, group):
+        return {"step": 0}
+
+    def _layer_step(self, layer, grad, group, state):
+        lam = self._ridge(group)
+        U, V = layer.factors()
+        G = grad.as_sum()
+        g_U = _xp.spd_solve_right(G @ V, _gram(V, lam))
+        g_V = _xp.spd_solve_right(G.T @ U, _gram(U, lam))
+        step = state["step"]
+        U1, eU = _rule_step(U, g_U, state, "U_", group, step)
+        V1, eV = _rule_step(V, g_V, state, "V_", group, step)
+        return (U1, V1), {**state, **eU, **eV, "step": step + 1}
+

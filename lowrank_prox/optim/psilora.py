@@ -1,0 +1,226 @@
+"""PSI-LoRA with low-rank momentum and Proj. PSI-LoRA (SPEC §6, reference/paper.md §6, §6.1)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _validate, _xp
+from ..lorsum import lorsum
+from ._base import LoRAOptimizer
+from ._base import ridge_gram as _gram
+
+__all__ = ["PSILoRA", "ProjPSILoRA"]
+
+
+def _check_common(lr, iters, ridge, momentum, dampening):
+    iters = _validate.check_int(iters, "iters", low=0)
+    ridge = _validate.check_real(ridge, "ridge", low=0.0)
+    momentum = _validate.check_real(momentum, "momentum", low=0.0, high=1.0, high_open=True)
+    dampening = _validate.check_real(dampening, "dampening", low=0.0, high=1.0)
+    return iters, ridge, momentum, dampening
+
+
+class PSILoRA(LoRAOptimizer):
+    """Proximal Subspace Iteration LoRA with low-rank momentum (SPEC §6).
+
+    Per LoRA layer ``W = W0 + U Vᵀ`` (``U = lora_B``, ``Vᵀ = lora_A``), with the captured
+    gradient ``G = Δᵀ X`` kept factored, each step makes two calls of the core
+    :func:`lowrank_prox.lorsum` on a :class:`lowrank_prox.LowRankSum`, both with
+    ``λ = lr · ridge`` (so LR schedulers move λ)::
+
+        (U, V) ← LoRSum_K([(U, V), (Δᵀ, X), (M_U, M_V)], [1, −η(1−d), −ημ])
+               ≈ Π_r(U Vᵀ − η[(1−d) G + μ M])
+        M      ← LoRSum_K([(M_U, M_V), (Δᵀ, X)], [μ, 1−d])   ≈ Π_{r_M}(μ M + (1−d) G)
+
+    The momentum ``M = M_U M_Vᵀ`` starts at ``M_V ~ N(0, 1)``, ``M_U = 0``, so the first
+    momentum call is a randomised range finder of ``G``.  State per layer:
+    ``momentum_U`` (out × r_M), ``momentum_V`` (in × r_M) in float32 (at least) and ``step``;
+    memory ≈ 3× the LoRA parameters with ``r_M = r``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Contains the LoRA layers (:class:`lowrank_prox.nn.LoRALinear` or PEFT with scaling 1).
+    lr : float
+        Step size η ≥ 0.
+    iters : int, default 1
+        LoRSum iterations K (V-step then U-step).  ``iters=0`` is the Jacobi step of SPEC §3
+        (with λ > 0 and μ = 0 this is Riemannian-preconditioned LoRA, SPEC §5).
+    ridge : float, default 1e-3
+        λ0 ≥ 0; the proximal weight is ``λ = lr · ridge``.  With ``ridge = 0`` and a zero
+        ``lora_B`` (PEFT's initialisation) the V-step has no information and the adapter stays
+        at 0: use ``ridge > 0`` then.
+    momentum : float, default 0
+        μ in ``[0, 1)``.  With ``μ = 0`` no momentum state is kept.
+    dampening : float, default 0
+        d in ``[0, 1]`` (torch.optim.SGD's convention).
+    momentum_rank : int or None
+        r_M ≥ 1, default the layer's rank r (capped at ``min(in, out)``).
+    momentum_ridge : float or None
+        λ0 of the momentum call, default ``ridge``.
+    max_grad_norm : float or None
+        Implicit global clipping (see :class:`LoRAOptimizer`).
+    seed : int or None
+        Seed of the momentum sketches ``M_V`` (default: torch's global generator).
+    other_optimizer, other_momentum, other_dampening
+        Optimizer of the other trainable parameters; by default SGD with ``lr``, ``momentum``
+        and ``dampening``.
+
+    Notes
+    -----
+    The autograd gradients of ``lora_A``/``lora_B`` are not used.  Gradient accumulation: the
+    rows of all backward passes since the last step are concatenated (their gradients add up,
+    as in ``.grad``; see :mod:`lowrank_prox.optim._capture`).  A step whose captured gradient
+    holds NaN/Inf is skipped with parameters and state unchanged.
+    """
+
+    def __init__(
+        self,
+        model,
+        lr,
+        *,
+        iters=1,
+        ridge=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        momentum_rank=None,
+        momentum_ridge=None,
+        max_grad_norm=None,
+        seed=None,
+        other_optimizer=None,
+        other_momentum=None,
+        other_dampening=None,
+    ):
+        iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
+        if momentum_rank is not None:
+            momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
+        momentum_ridge = ridge if momentum_ridge is None else _validate.check_real(
+            momentum_ridge, "momentum_ridge", low=0.0
+        )
+        if seed is not None:
+            seed = _validate.check_int(seed, "seed")
+        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
+        super().__init__(
+            model,
+            lr,
+            defaults={
+                "iters": iters,
+                "ridge": ridge,
+                "momentum": momentum,
+                "dampening": dampening,
+                "momentum_rank": momentum_rank,
+                "momentum_ridge": momentum_ridge,
+            },
+            max_grad_norm=max_grad_norm,
+            other_optimizer=other_optimizer,
+            other_momentum=momentum if other_momentum is None else other_momentum,
+            other_dampening=dampening if other_dampening is None else other_dampening,
+        )
+
+    def _init_layer_state(self, layer, group):
+        state = {"step": 0}
+        if group["momentum"] > 0:
+            cap = min(layer.in_features, layer.out_features)
+            r_M = min(group["momentum_rank"] or layer.rank, cap)
+            M_V = torch.randn(layer.in_features, r_M, generator=self._generator,
+                              dtype=torch.float64)
+            state["momentum_U"] = torch.zeros(
+                layer.out_features, r_M, dtype=layer.dtype, device=layer.B.device
+            )
+            state["momentum_V"] = M_V.to(dtype=layer.dtype, device=layer.B.device)
+        return state
+
+    def _layer_step(self, layer, grad, group, state):
+        lr, mu, d, K = group["lr"], group["momentum"], group["dampening"], group["iters"]
+        U, V = layer.factors()
+        terms = [(1.0, U, V)]
+        has_momentum = mu > 0 and "momentum_U" in state
+        if has_momentum:
+            M_U, M_V = state["momentum_U"], state["momentum_V"]
+            terms.append((-lr * mu, M_U, M_V))
+        target = grad.as_sum(-lr * (1.0 - d), extra=terms)
+        U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), check_finite=False)
+        new_state = {**state, "step": state["step"] + 1}
+        if has_momentum:
+            lam_M = lr * group["momentum_ridge"]
+            # With λ = 0 a V-step from M_U = 0 has no information (pinv of a zero Gram gives
+            # M_V = 0 for good): start the first call with the U-step, the range finder.
+            start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
+            M_U, M_V = lorsum(
+                grad.as_sum(1.0 - d, extra=[(mu, M_U, M_V)]), M_U, M_V,
+                iters=max(K, 1), ridge=lam_M, start=start, check_finite=False,
+            )
+            new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
+        return (U1, V1), new_state
+
+
+class ProjPSILoRA(LoRAOptimizer):
+    """Proj. PSI-LoRA: LoRSum gradient step plus factor-space momentum (paper.md §6.1, SPEC §6).
+
+    Per layer, with ``λ = lr · ridge``:
+
+    1. ``(U', V') = LoRSum_K(U Vᵀ − η(1−d) G)`` (no momentum inside LoRSum);
+    2. preconditioned factor gradients at ``(U', V')``:
+       ``g_U = G V'(V'ᵀV' + λI)⁻¹`` (out × r), ``g_V = Gᵀ U'(U'ᵀU' + λI)⁻¹`` (in × r);
+    3. first step: buffers ``b ← g``, previous factors ``← (U', V')``, and ``(U, V) ← (U', V')``;
+    4. later steps: transport the buffers to the new bases,
+       ``b̃_U = b_U V_prevᵀ V'(V'ᵀV' + λI)⁻¹``, ``b̃_V = b_V U_prevᵀ U'(U'ᵀU' + λI)⁻¹``;
+       then ``b ← μ b̃ + (1−d) g``, previous ← ``(U', V')`` and
+       ``U ← U' − ημ b̃_U``, ``V ← V' − ημ b̃_V``.
+
+    Memory: two buffers and two previous factors (≈ 5× the LoRA parameters).  Parameters as
+    :class:`PSILoRA` (no ``momentum_rank``).  ``iters=0`` makes step 1 the Jacobi step (not a
+    no-op as in the reference code, paper.md §6.1).
+    """
+
+    def __init__(
+        self,
+        model,
+        lr,
+        *,
+        iters=1,
+        ridge=1e-3,
+        momentum=0.0,
+        dampening=0.0,
+        max_grad_norm=None,
+        other_optimizer=None,
+        other_momentum=None,
+        other_dampening=None,
+    ):
+        iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
+        super().__init__(
+            model,
+            lr,
+            defaults={"iters": iters, "ridge": ridge, "momentum": momentum, "dampening": dampening},
+            max_grad_norm=max_grad_norm,
+            other_optimizer=other_optimizer,
+            other_momentum=momentum if other_momentum is None else other_momentum,
+            other_dampening=dampening if other_dampening is None else other_dampening,
+        )
+
+    def _init_layer_state(self, layer, group):
+        return {"step": 0}
+
+    def _layer_step(self, layer, grad, group, state):
+        lr, mu, d, K = group["lr"], group["momentum"], group["dampening"], group["iters"]
+        lam = self._ridge(group)
+        U, V = layer.factors()
+        target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
+        Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, check_finite=False)
+        new_state = {**state, "step": state["step"] + 1}
+        if mu == 0:
+            return (Up, Vp), new_state
+        G = grad.as_sum()
+        gram_V, gram_U = _gram(Vp, lam), _gram(Up, lam)
+        g_U = _xp.spd_solve_right(G @ Vp, gram_V)
+        g_V = _xp.spd_solve_right(G.T @ Up, gram_U)
+        if "buffer_U" not in state:
+            bU, bV, U1, V1 = g_U, g_V, Up, Vp
+        else:
+            tU = _xp.spd_solve_right(state["buffer_U"] @ (state["prev_V"].mT @ Vp), gram_V)
+            tV = _xp.spd_solve_right(state["buffer_V"] @ (state["prev_U"].mT @ Up), gram_U)
+            bU, bV = mu * tU + (1.0 - d) * g_U, mu * tV + (1.0 - d) * g_V
+            U1, V1 = Up - lr * mu * tU, Vp - lr * mu * tV
+        new_state.update(buffer_U=bU, buffer_V=bV, prev_U=Up, prev_V=Vp)
+        return (U1, V1), new_state
+
