@@ -51,6 +51,7 @@ REALISTIC_RATIO = 0.3
 HARD_RATIOS = (0.9, 0.99)
 LORSUM_ITERS = (1, 2, 4, 8, 16)
 OVERSAMPLES = 10
+REL_NOISE = 1e-12  # relative excess errors below this are rounding (float64)
 
 FULL = dict(
     sizes=(256, 512, 1024, 2048, 4096),
@@ -120,7 +121,7 @@ def _core_singular_values(P, Q, coefs):
     return np.linalg.svd((Rp * coefs) @ Rq.T, compute_uv=False), (Rp, Rq)
 
 
-def make_problem(m, n, r, *, ratio=REALISTIC_RATIO, n_rows=N_ROWS, mixing=0.3, seed=0,
+def make_problem(m, n, r, *, ratio=REALISTIC_RATIO, n_rows=N_ROWS, mixing=0.1, seed=0,
                  dtype=np.float64):
     """Build a warm-started step with ``σ_{r+1}(Y)/σ_r(Y) = ratio`` (to 1e-10).
 
@@ -156,9 +157,31 @@ def make_problem(m, n, r, *, ratio=REALISTIC_RATIO, n_rows=N_ROWS, mixing=0.3, s
         s = spectrum(eta)
         return s[r] / s[r - 1]
 
-    lo, hi = 0.0, 1.0
-    while gap(hi) < ratio:
-        hi *= 2.0
+    # ratio(η) rises from 0 to a peak near the crossing η‖G‖ ≈ σ_r (an avoided crossing, so
+    # the peak is below 1 and narrow): locate the peak, then bisect on its rising side
+    from scipy.optimize import minimize_scalar
+
+    g2 = np.linalg.svd((Rp[:, r:]) @ Rq[:, r:].T, compute_uv=False)[0]
+    grid = sigma[-1] / g2 * 1.05 ** np.arange(-150, 150)
+    vals = np.array([gap(e) for e in grid])
+    bracket = None
+    for k in range(grid.size):  # first passage, looking inside each local peak of the grid
+        if vals[k] >= ratio:
+            bracket = (grid[k - 1] if k else 0.0, grid[k])
+            break
+        if 0 < k < grid.size - 1 and vals[k - 1] <= vals[k] >= vals[k + 1]:
+            peak = minimize_scalar(lambda t: -gap(math.exp(t)), method="bounded",
+                                   bounds=(math.log(grid[k - 1]), math.log(grid[k + 1])),
+                                   options={"xatol": 1e-12})
+            if -peak.fun >= ratio:
+                bracket = (grid[k - 1], math.exp(peak.x))
+                break
+    if bracket is None:
+        raise ValueError(
+            f"ratio {ratio} is not reachable with mixing={mixing} (largest gap ratio on the "
+            f"grid {vals.max():.4f}); lower the mixing"
+        )
+    lo, hi = bracket
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if gap(mid) < ratio else (lo, mid)
@@ -294,7 +317,7 @@ def _floor_fn(problem):
     return floor
 
 
-def _measure(problem, cfg, *, with_full_svd, label):
+def _measure(problem, cfg, *, with_full_svd, label, seed):
     rows = []
     methods = _methods(problem, with_full_svd=with_full_svd)
     for name, fn in methods.items():
@@ -302,7 +325,8 @@ def _measure(problem, cfg, *, with_full_svd, label):
         exc = excess_error(problem, A, B)
         rows.append(
             dict(
-                case=label, m=problem.m, n=problem.n, r=problem.r, ratio=problem.ratio,
+                case=label, seed=seed, m=problem.m, n=problem.n, r=problem.r,
+                ratio=problem.ratio, eta=problem.eta,
                 method=name, time_s=t, repeats=reps, excess=exc,
                 rel_excess=exc / problem.tail2,
             )
@@ -318,7 +342,7 @@ def _projection(cfg, progress):
     for m, r in progress(grid, desc="projection"):
         prob = make_problem(m, m, r, seed=m + r)
         full = m <= cfg["full_svd_all_ranks_up_to"] or r == 16
-        rows += _measure(prob, cfg, with_full_svd=full, label="realistic")
+        rows += _measure(prob, cfg, with_full_svd=full, label="realistic", seed=m + r)
         t_floor, reps, _ = _timeit(
             _floor_fn(prob), budget_s=cfg["budget_s"], max_repeats=4 * cfg["max_repeats"]
         )
@@ -336,7 +360,7 @@ def _hard(cfg, progress):
     m, r = cfg["hard_size"], 16
     for ratio in progress(HARD_RATIOS, desc="hard spectra"):
         prob = make_problem(m, m, r, ratio=ratio, seed=7)
-        rows += _measure(prob, cfg, with_full_svd=True, label=f"hard {ratio}")
+        rows += _measure(prob, cfg, with_full_svd=True, label=f"hard {ratio}", seed=7)
     return rows
 
 
@@ -427,7 +451,7 @@ OPTIMIZERS = (
     ("Scaled PSI-LoRA", "ScaledPSILoRA", dict(lr=0.05), "lora"),
     ("SVDLoRA", "SVDLoRA", dict(lr=0.05), "lora"),
     ("RPLoRA", "RPLoRA", dict(lr=0.05), "lora"),
-    ("GeoLoRA", "GeoLoRA", dict(lr=0.05), "geolora"),
+    ("GeoLoRA", "GeoLoRA", dict(lr=0.05, min_rank=8, max_rank=8), "geolora"),  # rank fixed
 )
 
 
@@ -453,51 +477,63 @@ def _storages(obj, seen=None, out=None):
 
 
 def _live_storages():
+    """``{storage pointer: bytes}`` of every tensor the garbage collector can see."""
+    import warnings
+
     import torch
 
     gc.collect()
     out = {}
-    for o in gc.get_objects():
-        try:
-            if torch.is_tensor(o):
-                st = o.untyped_storage()
-                out[st.data_ptr()] = st.nbytes()
-        except (RuntimeError, ReferenceError):  # meta/sparse tensors without storage
-            continue
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for o in gc.get_objects():
+            try:
+                if isinstance(o, torch.Tensor):
+                    st = o.untyped_storage()
+                    out[st.data_ptr()] = st.nbytes()
+            except (RuntimeError, ReferenceError):  # meta/sparse tensors without storage
+                continue
     return out
 
 
+def _find_class(name):
+    """``lowrank_prox.optim.<name>``, or the class from one of its submodules (None if absent)."""
+    import pkgutil
+
+    try:
+        optim = importlib.import_module("lowrank_prox.optim")
+    except ImportError:
+        return None
+    if hasattr(optim, name):
+        return getattr(optim, name)
+    for info in pkgutil.iter_modules(getattr(optim, "__path__", [])):
+        try:
+            mod = importlib.import_module(f"lowrank_prox.optim.{info.name}")
+        except ImportError:
+            continue
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    return None
+
+
 def _mlp(width, depth, kind, rank, seed):
+    """``depth`` Linear(width, width) layers with ReLUs, every Linear adapted at ``rank``."""
     import torch
     from torch import nn
 
+    lnn = importlib.import_module("lowrank_prox.nn")
     torch.manual_seed(seed)
     layers = []
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.ReLU()]
     model = nn.Sequential(*layers[:-1])
-    lnn = importlib.import_module("lowrank_prox.nn")
-    if kind == "geolora":
-        return _to_geolora(model, rank, lnn)
-    if hasattr(lnn, "add_lora"):
-        try:
-            return lnn.add_lora(model, rank, target_modules=[nn.Linear])
-        except (TypeError, ValueError):
-            names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
-            return lnn.add_lora(model, rank, target_modules=names)
-    raise ImportError("lowrank_prox.nn.add_lora is not available")
-
-
-def _to_geolora(model, rank, lnn):
-    for attr in ("add_geolora", "add_geo_lora"):
-        if hasattr(lnn, attr):
-            return getattr(lnn, attr)(model, rank)
-    if hasattr(lnn, "add_lora"):
-        import inspect
-
-        if "kind" in inspect.signature(lnn.add_lora).parameters:
-            return lnn.add_lora(model, rank, kind="geolora")
-    raise ImportError("no helper that swaps nn.Linear for GeoLoRALinear")
+    names = [name for name, mod in model.named_modules() if isinstance(mod, nn.Linear)]
+    if kind == "lora":
+        return lnn.add_lora(model, rank, names)
+    for name in names:  # GeoLoRA: U S Vᵀ adapters, S ≠ 0 so every factor gets a gradient
+        setattr(model, name, lnn.GeoLoRALinear.from_linear(getattr(model, name), rank,
+                                                           init="random"))
+    return model
 
 
 def _lora_numel(model):
@@ -508,82 +544,96 @@ def _lora_numel(model):
     return total
 
 
-def _step_bench(label, make_opt, kind, cfg, *, rank=8, batch=64, depth=3, seed=0):
-    """Median (forward, backward, step) time, optimizer-state and captured bytes."""
-    import torch
+class _StepBench:
+    """One method's MLP, optimizer and batch; ``step()`` is forward, backward and step."""
 
-    model = _mlp(cfg["mlp_width"], depth, kind, rank, seed)
-    opt = make_opt(model)
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg["mlp_width"], generator=gen)
-    y = torch.randn(batch, cfg["mlp_width"], generator=gen)
-    loss_fn = torch.nn.MSELoss()
+    def __init__(self, label, make_opt, kind, cfg, *, rank=8, batch=64, depth=3, seed=0):
+        import torch
 
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
+        self.label = label
+        self.model = _mlp(cfg["mlp_width"], depth, kind, rank, seed)
+        self.opt = make_opt(self.model)
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, cfg["mlp_width"], generator=gen)
+        self.y = torch.randn(batch, cfg["mlp_width"], generator=gen)
+        self.loss_fn = torch.nn.MSELoss()
+        self.times = []
+        for _ in range(2):  # warm-up: lazily created state, first-call costs
+            self.step()
+
+    def step(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(self.x), self.y)
         loss.backward()
-        opt.step()
-        return float(loss)
+        self.opt.step()
+        return float(loss.detach())
 
-    for _ in range(2):  # warm-up: lazily created state, first-call costs
-        step()
-    times = []
-    for _ in range(cfg["mlp_steps"]):
+    def timed_step(self):
         t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    # memory: state held across steps, and what is alive between backward and step
-    opt.zero_grad(set_to_none=True)
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    state = {k: v for k, v in _storages(dict(opt.state)).items() if k not in params}
-    before = _live_storages()
-    loss = loss_fn(model(x), y)
-    loss.backward()
-    after = _live_storages()
-    grads = _storages([p.grad for p in model.parameters() if p.grad is not None])
-    mine = _storages([x, y, loss])
-    captured = {k: v for k, v in after.items()
-                if k not in before and k not in grads and k not in mine}
-    opt.step()
-    lora = _lora_numel(model)
-    elem = next(model.parameters()).element_size()
-    return dict(
-        method=label, step_s=statistics.median(times), steps=len(times),
-        state_bytes=sum(state.values()), captured_bytes=sum(captured.values()),
-        grad_bytes=sum(grads.values()), lora_params=lora, lora_bytes=lora * elem,
-    )
+        self.step()
+        self.times.append(time.perf_counter() - t0)
+
+    def memory(self):
+        """State held across steps, and what is alive between backward() and step()."""
+        model, opt = self.model, self.opt
+        opt.zero_grad(set_to_none=True)
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        state = {k: v for k, v in _storages(dict(opt.state)).items() if k not in params}
+        before = _live_storages()
+        loss = self.loss_fn(model(self.x), self.y)
+        loss.backward()
+        after = _live_storages()
+        grads = _storages([p.grad for p in model.parameters() if p.grad is not None])
+        mine = _storages([self.x, self.y, loss])
+        captured = {k: v for k, v in after.items()
+                    if k not in before and k not in grads and k not in mine}
+        opt.step()
+        lora = _lora_numel(model)
+        elem = next(model.parameters()).element_size()
+        row = dict(
+            method=self.label, step_s=statistics.median(self.times), steps=len(self.times),
+            state_bytes=sum(state.values()), captured_bytes=sum(captured.values()),
+            grad_bytes=sum(grads.values()), lora_params=lora, lora_bytes=lora * elem,
+        )
+        # adapter + its gradients + optimizer state + captured (X, Δ), as held before step()
+        row["total_per_lora_param"] = (
+            row["lora_bytes"] + row["grad_bytes"] + row["state_bytes"] + row["captured_bytes"]
+        ) / row["lora_bytes"]
+        return row
 
 
 def _optimizers(cfg, progress):
-    """LoRA + Adam and every lowrank_prox optimizer that imports; ratios to LoRA + Adam."""
+    """LoRA + Adam and every lowrank_prox optimizer that imports; ratios to LoRA + Adam.
+
+    The methods' steps are interleaved (round robin), so all see the same machine load.
+    """
     import torch
 
-    rows, skipped = [], {}
+    skipped = {}
     try:
-        base = _step_bench(
+        benches = [_StepBench(
             "LoRA + Adam",
             lambda model: torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                            lr=1e-3),
             "lora", cfg,
-        )
+        )]
     except (ImportError, AttributeError) as exc:
         return [], {"LoRA + Adam": f"{type(exc).__name__}: {exc}"}
-    rows.append(base)
-    try:
-        optim = importlib.import_module("lowrank_prox.optim")
-    except ImportError as exc:
-        optim = None
-        skipped["lowrank_prox.optim"] = str(exc)
-    for label, cls_name, kwargs, kind in progress(OPTIMIZERS, desc="optimizers"):
-        cls = getattr(optim, cls_name, None) if optim is not None else None
+    for label, cls_name, kwargs, kind in OPTIMIZERS:
+        cls = _find_class(cls_name)
         if cls is None:
             skipped[label] = f"lowrank_prox.optim.{cls_name} not available"
             continue
         try:
-            rows.append(_step_bench(label, lambda model, cls=cls: cls(model, **kwargs), kind, cfg))
-        except Exception as exc:  # noqa: BLE001 -- a peer's optimizer failing is reported, not fatal
+            benches.append(_StepBench(label, lambda model, c=cls, kw=kwargs: c(model, **kw),
+                                      kind, cfg))
+        except Exception as exc:  # noqa: BLE001 -- a peer's optimizer failing is reported
             skipped[label] = f"{type(exc).__name__}: {exc}"
+    for _ in progress(range(cfg["mlp_steps"]), desc="optimizer steps"):
+        for b in benches:
+            b.timed_step()
+    rows = [b.memory() for b in benches]
+    base = rows[0]
     for row in rows:
         row["time_ratio"] = row["step_s"] / base["step_s"]
         row["state_per_lora_param"] = row["state_bytes"] / row["lora_bytes"]
@@ -618,7 +668,7 @@ def _targets(proj, floors, opt_rows, m, r=16):
         match = None
         for k in LORSUM_ITERS:
             lk = _row(proj, f"LoRSum x{k}", m, r)
-            if lk["excess"] <= max(b["excess"], 0.0):
+            if lk["rel_excess"] <= max(b["rel_excess"], REL_NOISE):
                 match = lk
                 break
         key = base.split(".")[-1].split()[-1]
