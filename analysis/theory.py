@@ -4,11 +4,12 @@ Each ``run_*`` function takes a frozen dataclass config and returns plain number
 floats and NumPy arrays); nothing here plots.  The figures (:mod:`analysis.figures.theory`),
 the ``verify`` table (:mod:`analysis.verify`) and the tests read the same numbers.
 
-Everything is computed by the core (:func:`lowrank_prox.lorsum`, :func:`lowrank_prox.lorsum_history`,
-:func:`lowrank_prox.truncated_svd`, :func:`lowrank_prox.principal_angles`,
-:func:`lowrank_prox.tangent_project`).  The ScaledGD / RPLoRA / Gauss–Seidel formulas written out
-in :func:`run_special_cases` are the *references* the core is compared with.  NumPy float64
-throughout; seeds are part of each config.
+Everything is computed by the core (:func:`lowrank_prox.lorsum`,
+:func:`lowrank_prox.lorsum_history`, :func:`lowrank_prox.truncated_svd`,
+:func:`lowrank_prox.principal_angles`, :func:`lowrank_prox.tangent_project`).  The
+ScaledGD / RPLoRA / Gauss–Seidel formulas written out in :func:`run_special_cases` are the
+*references* the core is compared with.  NumPy float64 throughout; seeds are part of each
+config.
 """
 
 from __future__ import annotations
@@ -473,7 +474,8 @@ def run_ridge(cfg=RidgeConfig()):
 
     Per λ: the relative distance of the λ-fixed point (``iters`` iterations) to Π_r(Y) (the λ = 0
     limit); the distance ``‖U_kV_kᵀ − Π_r(Y)‖/‖Π_r(Y)‖`` for the first iterations
-    (fast phase) and ``fast_shift = max_{k ≤ fast_iters} ‖W_k(λ) − W_k(0)‖/‖Π_r(Y)‖``; the slow-phase per-iteration rate of
+    (fast phase) and ``fast_shift = max_{k ≤ fast_iters} ‖W_k(λ) − W_k(0)‖/‖Π_r(Y)‖``; the
+    slow-phase per-iteration rate of
     ``‖W_{k+1} − W_k‖`` and, for comparison, the empirical law ``1/(1 + λ/σ_r(W_t))``.
     """
     rng = np.random.default_rng(cfg.seed)

@@ -150,9 +150,9 @@ def collect():
         s["tangent_err"] <= ROUNDING and s["tangent_rank"] == 2 * sc.rank,
         err=s["tangent_err"])
     etas = f"eta {sc.first_order_etas[0]:g}-{sc.first_order_etas[-1]:g}"
-    for key, claim, ref in (("svdlora", "SVDLoRA step = W - eta P_T(G) + O(eta^2)", "P_T"),
-                            ("alternating", "1 ALS iter = W - eta P_T(G) + O(eta^2)", "P_T"),
-                            ("jacobi", "Jacobi = W - eta(PuG+GPv) + O(eta^2)", "PuG+GPv")):
+    for key, claim in (("svdlora", "SVDLoRA step = W - eta P_T(G) + O(eta^2)"),
+                       ("alternating", "1 ALS iter = W - eta P_T(G) + O(eta^2)"),
+                       ("jacobi", "Jacobi = W - eta(PuG+GPv) + O(eta^2)")):
         slope = s[f"first_order_{key}_slope"]
         add(claim, f"{sdims}, {etas}", "remainder slope 2", f"slope {slope:.3f}",
             abs(slope - 2) <= SLOPE_TOL, slope=slope)
