@@ -1,0 +1,1 @@
+"""Experiment run functions behind the figures (numbers only, no plotting)."""

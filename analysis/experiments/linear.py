@@ -1,0 +1,260 @@
+"""The synthetic linear task of the paper's Figures 1 and 5 (SPEC §9, reference/paper.md §9.1–9.2).
+
+``W* = randn(d_in, d_out)``, inputs ``X = I_{d_in}`` (one sample per row of ``W*``), model
+``y = W x`` with ``W = W0 + U Vᵀ`` (out × in), base ``W0 = 0``, rank ``r``; the adapter starts at
+the top-``r`` SVD of a default-initialised ``nn.Linear(d_in, d_out)`` (``A = S½Vᵀ``,
+``B = US½``).  The loss is the sum-reduced MSE; the reported metric after each epoch is the
+*excess loss* ``‖W − W*ᵀ‖² − Σ_{i>r} σ_i(W*)²``, the gap to the best rank-r fit (computed in
+float64).  With a full batch the gradient is ``2(W − W*ᵀ)``, so a full step with ``lr = 0.5``
+lands on ``W*ᵀ`` and SVDLoRA reaches the optimum after one step (SPEC §2).
+
+The run function is generic over an optimizer factory ``make_optimizer(model) -> optimizer``
+(any ``torch.optim.Optimizer``: the LoRA optimizers of :mod:`lowrank_prox.optim`, or
+``torch.optim.SGD`` on the LoRA parameters), and over the model (``make_model(config, seed)``
+for adapters other than :class:`lowrank_prox.nn.LoRALinear`; the model must expose
+``delta_weight()`` or ``lora_B``/``lora_A``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from lowrank_prox import _validate
+from lowrank_prox.nn import LoRALinear
+from lowrank_prox.optim import PSILoRA, ProjPSILoRA, RPLoRA, SVDLoRA
+
+__all__ = [
+    "LinearTaskConfig",
+    "LinearData",
+    "LinearRun",
+    "Method",
+    "build_model",
+    "excess_loss",
+    "make_data",
+    "paper_methods",
+    "run_linear",
+    "run_method",
+]
+
+
+@dataclass(frozen=True)
+class LinearTaskConfig:
+    """Settings of one linear-task run (defaults: the paper's, paper.md §9.1).
+
+    ``batch_size=None`` is full batch (one step per epoch); otherwise each epoch is one pass
+    over the ``d_in`` shuffled samples in batches of ``batch_size`` (the last one smaller).
+    """
+
+    d_in: int = 200
+    d_out: int = 600
+    rank: int = 8
+    epochs: int = 100
+    batch_size: int | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        _validate.check_int(self.d_in, "d_in", low=1)
+        _validate.check_int(self.d_out, "d_out", low=1)
+        _validate.check_rank(self.rank, (self.d_in, self.d_out))
+        _validate.check_int(self.epochs, "epochs", low=0)
+        if self.batch_size is not None:
+            _validate.check_int(self.batch_size, "batch_size", low=1)
+        _validate.check_choice(self.dtype, "dtype", ("float32", "float64"))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A labelled optimizer factory ``make_optimizer(model)`` (and optional model builder)."""
+
+    label: str
+    make_optimizer: Callable
+    make_model: Callable | None = None
+    settings: dict = field(default_factory=dict)
+
+
+@dataclass
+class LinearRun:
+    """Per-epoch numbers of one run: ``excess[0]`` is at initialisation, ``excess[e]`` after
+    epoch ``e``; ``f_opt = Σ_{i>r} σ_i(W*)²``; ``seconds`` is the wall time of the training."""
+
+    excess: np.ndarray
+    f_opt: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class LinearData:
+    """One seed's data: ``X = I`` (d_in × d_in), ``Y = W*`` (d_in × d_out) in the model dtype;
+    the target ``W*ᵀ = Y_r + Y_tail`` split at rank r (float64) and ``f_opt = ‖Y_tail‖²``."""
+
+    X: torch.Tensor
+    Y: torch.Tensor
+    Y_r: torch.Tensor
+    Y_tail: torch.Tensor
+    f_opt: float
+
+
+def make_data(config, seed):
+    """The :class:`LinearData` of ``seed`` (``W* = randn(d_in, d_out)`` after
+    ``torch.manual_seed(seed)``)."""
+    dtype = getattr(torch, config.dtype)
+    torch.manual_seed(seed)
+    W_star = torch.randn(config.d_in, config.d_out, dtype=dtype)
+    T = W_star.T.to(torch.float64)
+    U, s, Vh = torch.linalg.svd(T, full_matrices=False)
+    r = config.rank
+    Y_r = (U[:, :r] * s[:r]) @ Vh[:r]
+    return LinearData(
+        X=torch.eye(config.d_in, dtype=dtype),
+        Y=W_star,
+        Y_r=Y_r,
+        Y_tail=T - Y_r,
+        f_opt=float((s[r:] ** 2).sum()),
+    )
+
+
+def build_model(config, seed):
+    """``LoRALinear(d_in, d_out, r, bias=False)`` with ``W0 = 0`` and the adapter at the top-r
+    SVD of a default ``nn.Linear(d_in, d_out)`` drawn after ``torch.manual_seed(seed)``."""
+    dtype = getattr(torch, config.dtype)
+    torch.manual_seed(seed)
+    ref = nn.Linear(config.d_in, config.d_out, bias=False)
+    U, s, Vh = torch.linalg.svd(ref.weight.detach().to(torch.float64), full_matrices=False)
+    root = s[: config.rank].sqrt()
+    model = LoRALinear(config.d_in, config.d_out, config.rank, bias=False, init="zero",
+                       dtype=dtype)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.set_factors((U[:, : config.rank] * root).to(dtype),
+                          (Vh[: config.rank].mT * root).to(dtype))
+    return model
+
+
+def excess_loss(model, data):
+    """``‖W − W*ᵀ‖² − f_opt`` for ``W = W0 + lora_B lora_A`` (SPEC §9).
+
+    Evaluated as ``‖W − Y_r‖² − 2⟨W, Y_tail⟩`` in float64 (the two forms are equal because
+    ``⟨Y_r, Y_tail⟩ = 0``), which avoids cancelling against ``f_opt ≈ 10⁵``: the value keeps
+    its relative accuracy down to the rounding of the factors, and is ≥ 0 for rank-r ``W``.
+    """
+    with torch.no_grad():
+        if hasattr(model, "lora_A"):
+            W = model.lora_B.to(torch.float64) @ model.lora_A.to(torch.float64)
+        else:
+            W = model.delta_weight().to(torch.float64)
+        W = W + model.weight.to(torch.float64)
+        return float(((W - data.Y_r) ** 2).sum() - 2.0 * (W * data.Y_tail).sum())
+
+
+def run_linear(config, make_optimizer, seed=0, *, make_model=None):
+    """Train one model on the linear task; return a :class:`LinearRun` (per-epoch excess).
+
+    ``make_optimizer(model)`` builds the optimizer; the loop is
+    ``zero_grad(); loss.backward(); step()`` with the sum-reduced MSE of each mini-batch.
+    Batches are drawn by a generator seeded with ``seed`` (full batch: no shuffling).
+    """
+    if not isinstance(config, LinearTaskConfig):
+        raise TypeError(f"config must be a LinearTaskConfig; got {type(config).__name__}")
+    seed = _validate.check_int(seed, "seed", low=0)
+    data = make_data(config, seed)
+    X, Y = data.X, data.Y
+    model = (make_model or build_model)(config, seed)
+    opt = make_optimizer(model)
+    gen = torch.Generator().manual_seed(seed)
+    n = config.d_in
+    bs = n if config.batch_size is None else min(config.batch_size, n)
+    excess = [excess_loss(model, data)]
+    start = time.perf_counter()
+    for _ in range(config.epochs):
+        order = torch.arange(n) if bs == n else torch.randperm(n, generator=gen)
+        for i in range(0, n, bs):
+            idx = order[i : i + bs]
+            opt.zero_grad()
+            loss = ((model(X[idx]) - Y[idx]) ** 2).sum()
+            loss.backward()
+            opt.step()
+        excess.append(excess_loss(model, data))
+    seconds = time.perf_counter() - start
+    if hasattr(opt, "remove_hooks"):
+        opt.remove_hooks()
+    return LinearRun(excess=np.asarray(excess), f_opt=data.f_opt, seconds=seconds)
+
+
+def run_method(config, method, seeds=(0, 1, 2, 3, 4)):
+    """Run ``method`` for each seed; return the ``(len(seeds), epochs + 1)`` excess array and
+    the mean seconds per run."""
+    runs = [run_linear(config, method.make_optimizer, s, make_model=method.make_model)
+            for s in seeds]
+    return np.stack([r.excess for r in runs]), float(np.mean([r.seconds for r in runs]))
+
+
+def _lora_params(model):
+    return [model.lora_A, model.lora_B]
+
+
+def paper_methods(setting, *, momentum_ranks=(1,)):
+    """The labelled methods of the paper's runs (paper.md §9.1 tables, §9.2).
+
+    ``setting`` is ``"fullbatch"`` (lr 0.5, no momentum), ``"minibatch"`` (batch 64, momentum
+    0.75) or ``"momentum_rank"`` (SVDLoRA and PSI-LoRA ×{1, 2, 8} with
+    ``r_M = r × momentum_ranks``).  λ0 = 1e-3 for PSI-LoRA and RPLoRA; AdamW has
+    betas (0.9, 0.999) and weight decay 1e-4.
+    """
+    _validate.check_choice(setting, "setting", ("fullbatch", "minibatch", "momentum_rank"))
+    wd = 1e-4
+
+    def M(label, fn, **settings):
+        return Method(label, fn, settings={"method": label.split(" rM=")[0], **settings})
+
+    if setting == "fullbatch":
+        methods = [
+            M("SVDLoRA", lambda m: SVDLoRA(m, 0.5), lr=0.5),
+            M("LoRA SGD", lambda m: torch.optim.SGD(_lora_params(m), lr=0.01), lr=0.01),
+            M("LoRA AdamW", lambda m: torch.optim.AdamW(_lora_params(m), lr=0.5,
+                                                       weight_decay=wd), lr=0.5),
+            M("RPLoRA SGD", lambda m: RPLoRA(m, 0.48, ridge=1e-3), lr=0.48),
+            M("RPLoRA AdamW", lambda m: RPLoRA(m, 0.5, ridge=1e-3, optimizer="adamw",
+                                               weight_decay=wd), lr=0.5),
+        ]
+        for K in (1, 2, 8, 32, 128):
+            methods.append(M(f"PSI-LoRA x{K}",
+                             lambda m, K=K: PSILoRA(m, 0.5, iters=K, ridge=1e-3), lr=0.5, iters=K))
+        return methods
+    mu = 0.75
+    if setting == "minibatch":
+        methods = [
+            M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1),
+            M("LoRA SGD", lambda m: torch.optim.SGD(_lora_params(m), lr=0.002, momentum=mu),
+              lr=0.002),
+            M("LoRA AdamW", lambda m: torch.optim.AdamW(_lora_params(m), lr=0.05,
+                                                       weight_decay=wd), lr=0.05),
+            M("RPLoRA SGD", lambda m: RPLoRA(m, 0.1, ridge=1e-3, momentum=mu), lr=0.1),
+            M("RPLoRA AdamW", lambda m: RPLoRA(m, 0.05, ridge=1e-3, optimizer="adamw",
+                                               weight_decay=wd), lr=0.05),
+        ]
+        for K in (1, 2, 8):
+            methods.append(M(f"PSI-LoRA x{K}", lambda m, K=K: PSILoRA(
+                m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K,
+                momentum_rank_mult=1))
+        for K in (1, 2, 8):
+            methods.append(M(f"Proj. PSI-LoRA x{K}", lambda m, K=K: ProjPSILoRA(
+                m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K))
+        return methods
+    methods = [M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1)]
+    for K in (1, 2, 8):
+        for mult in momentum_ranks:
+            label = f"PSI-LoRA x{K} rM={'' if mult == 1 else mult}r"
+            methods.append(M(label, lambda m, K=K, mult=mult: PSILoRA(
+                m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=mult * m.rank), lr=0.1, iters=K, momentum_rank_mult=mult))
+    return methods
+
+
+def config_dict(config):
+    """The config as a plain dict (for JSON sidecars)."""
+    return asdict(config)
