@@ -14,7 +14,7 @@ $(PY):
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[torch,analysis,bench,dev]"
+	$(PY) -m pip install --quiet -e ".[torch,analysis,bench,dev,hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
