@@ -3,7 +3,7 @@
 :class:`LoRAOptimizer` owns everything that is not the per-layer update rule (SPEC §6):
 
 - discovery of the LoRA layers (modules with ``lora_A`` (r × in) and ``lora_B`` (out × r):
-  :class:`lowrank_prox.nn.LoRALinear` or a PEFT ``lora.Linear`` with scaling 1) and hooks that
+  :class:`lowrank_prox.nn.LoRALinear` or a PEFT ``lora.Linear``, see :mod:`._peft`) and hooks that
   capture ``X`` and ``Δ`` (:mod:`._capture`), so ``G`` is never formed;
 - the optimizer of the *other* trainable parameters (SGD-momentum by default, or any torch
   optimizer built by a factory), whose learning rates follow the LoRA group's schedule;
@@ -140,8 +140,15 @@ def compute_dtype(dtype):
 
 def find_lora_layers(model):
     """Every module of ``model`` with ``lora_A`` and ``lora_B`` whose factors are trainable."""
+    from ._peft import is_peft_lora_layer, peft_lora_layer  # PEFT layers: U = s·B (see _peft)
+
     layers = []
     for name, module in model.named_modules():
+        if is_peft_lora_layer(module):
+            layer = peft_lora_layer(name, module)
+            if layer is not None:
+                layers.append(layer)
+            continue
         if not (hasattr(module, "lora_A") and hasattr(module, "lora_B")):
             continue
         A = _factor(module.lora_A, name, "lora_A")

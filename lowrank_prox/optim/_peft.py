@@ -1,0 +1,144 @@
+"""PEFT LoRA layers as the optimizers see them: ``W = W0 + s·B A`` with ``U = s·B``, ``V = Aᵀ``.
+
+A PEFT ``lora.Linear`` (``peft.tuners.lora.layer.Linear``) computes, for its active adapter,
+
+    y = base_layer(x) + s · lora_B(lora_A(dropout(x))),    s = scaling[adapter] = α / r
+
+(``α/√r`` with rsLoRA).  ``lora_A[adapter].weight`` is ``(r, in)`` and ``lora_B[adapter].weight``
+is ``(out, r)`` whatever the base layer: with ``fan_in_fan_out=True`` (GPT-2's ``Conv1D``, whose
+weight is stored ``(in, out)``) only the *base* weight is transposed, the adapter branch is two
+ordinary ``nn.Linear`` layers, so ``y`` is still ``x (W0 + s B A)ᵀ + b`` in the usual orientation.
+
+Mapping to SPEC notation (SPEC §1, §6).  The adapter is ``U Vᵀ = s · B A`` with
+
+    U = s · lora_B    (out × r),        V = lora_Aᵀ    (in × r).
+
+:meth:`PeftLoRALayer.factors` returns these (compute dtype, copies) and
+:meth:`PeftLoRALayer.write` stores ``lora_B ← U / s``, ``lora_A ← Vᵀ`` (parameters' dtype), so
+after a step ``s · lora_B @ lora_A`` is exactly the method's new adapter ``U Vᵀ``.  The scaling is
+read at every call, so ``set_scale`` between steps is honoured.  Folding ``s`` into the U side is a
+convention: the adapter product — all that PSI-LoRA, SVDLoRA and the ``G`` of every method see —
+does not depend on it, but the ridge ``λ(‖U − U_a‖² + ‖V − V_a‖²)`` and factor-wise rules
+(RPLoRA's Adam, Proj. PSI-LoRA's buffers) are defined in these ``(U, V)`` coordinates.  A PEFT
+layer with scaling ``s`` then takes exactly the step of a :class:`lowrank_prox.nn.LoRALinear`
+holding ``lora_B = s·B``, ``lora_A = A``.
+
+Captured gradient and dropout.  The capture hooks sit on the PEFT layer itself
+(:mod:`._capture`): ``X`` is the layer input *before* ``lora_dropout`` and ``Δ`` the gradient of
+the layer output, so ``G = Δᵀ X`` is the gradient of the loss with respect to the whole weight
+``W`` (what ``W0.grad`` would be).  Without dropout (``lora_dropout=0`` or ``model.eval()``) this
+is also the gradient of the adapter product ``s·B A``.  With ``lora_dropout = p > 0`` the autograd
+gradient of the adapter product would be ``Δᵀ D(X)`` (``D`` the scaled dropout mask, applied to the
+adapter branch only); since ``E[D(X)] = X`` the captured ``G`` is that gradient with the mask on
+``X`` averaged out, while the mask still acts on the forward pass (hence on ``Δ``).  This is the
+reference implementation's choice (a hook on the layer input, paper.md §10.1).  The autograd
+``.grad`` of ``lora_A``/``lora_B`` is not used.
+
+Not supported (a clear ``ValueError``): merged adapters, disabled adapters, more than one active
+adapter in a layer, LoRA variants (DoRA, ...) and PEFT conv layers.  PEFT embedding adapters
+(``lora_embedding_A/B``) are not LoRA layers here: their parameters, like the ``modules_to_save``
+heads and classifier, go to the secondary optimizer with the other trainable parameters.
+
+Nothing here imports ``peft``: layers are recognised by their attributes (``lora_A``/``lora_B``
+``nn.ModuleDict``, ``scaling`` dict, ``active_adapters``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._base import LoRALayer
+
+__all__ = ["PeftLoRALayer", "is_peft_lora_layer", "peft_lora_layer"]
+
+
+def is_peft_lora_layer(module):
+    """Whether ``module`` looks like a PEFT LoRA tuner layer (``lora_A``/``lora_B`` module dicts)."""
+    return (
+        isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
+        and isinstance(getattr(module, "lora_B", None), nn.ModuleDict)
+        and isinstance(getattr(module, "scaling", None), dict)
+        and hasattr(module, "active_adapters")
+    )
+
+
+class PeftLoRALayer(LoRALayer):
+    """One PEFT LoRA layer, adapter ``adapter``, as ``W = W0 + U Vᵀ`` with ``U = s·B`` (above)."""
+
+    def __init__(self, name, module, adapter):
+        A = module.lora_A[adapter].weight
+        B = module.lora_B[adapter].weight
+        super().__init__(name, module, A, B)
+        self.adapter = adapter
+        self.fan_in_fan_out = bool(getattr(module, "fan_in_fan_out", False))
+
+    @property
+    def scaling(self):
+        """The PEFT scaling ``s`` of the adapter (read from the module at every call)."""
+        s = float(self.module.scaling[self.adapter])
+        if not s or s != s or abs(s) == float("inf"):
+            raise ValueError(
+                f"layer {self.name!r}: adapter {self.adapter!r} has scaling {s}; need a finite, "
+                "nonzero scaling"
+            )
+        return s
+
+    def factors(self):
+        """Copies ``(U, V) = (s·B, Aᵀ)`` in the compute dtype (float32 at least)."""
+        U, V = super().factors()
+        return U * self.scaling, V
+
+    @torch.no_grad()
+    def write(self, U, V):
+        """``B ← U / s``, ``A ← Vᵀ`` (cast to the parameters' dtype, in place)."""
+        super().write(U / self.scaling, V)
+
+    def __repr__(self):
+        return (
+            f"PeftLoRALayer({self.name!r}, adapter={self.adapter!r}, in={self.in_features}, "
+            f"out={self.out_features}, rank={self.rank}, scaling={self.scaling:g}, "
+            f"fan_in_fan_out={self.fan_in_fan_out})"
+        )
+
+
+def peft_lora_layer(name, module):
+    """The :class:`PeftLoRALayer` of ``module``'s active adapter, or ``None`` if there is none.
+
+    ``None`` also when the adapter's factors are not trainable.  Raises ``ValueError`` for the
+    unsupported configurations listed in the module docstring.
+    """
+    active = [a for a in module.active_adapters if a in module.lora_A]
+    if not active:
+        return None
+    if len(active) > 1:
+        raise ValueError(
+            f"layer {name!r} has {len(active)} active adapters {active}; exactly one is supported "
+            "(call model.set_adapter(name))"
+        )
+    adapter = active[0]
+    if adapter not in module.lora_B:
+        raise ValueError(f"layer {name!r}: adapter {adapter!r} has lora_A but no lora_B")
+    A_mod, B_mod = module.lora_A[adapter], module.lora_B[adapter]
+    if not (A_mod.weight.requires_grad and B_mod.weight.requires_grad):
+        return None
+    if getattr(module, "merged", False):
+        raise ValueError(
+            f"layer {name!r}: adapter is merged into the base weight; unmerge it before training"
+        )
+    if getattr(module, "disable_adapters", False):
+        raise ValueError(f"layer {name!r}: adapters are disabled; enable them before training")
+    if adapter in getattr(module, "lora_variant", {}):
+        variant = type(module.lora_variant[adapter]).__name__
+        raise ValueError(
+            f"layer {name!r}: LoRA variant {variant} (e.g. DoRA) is not supported; these "
+            "optimizers need y = base(x) + s·B A x"
+        )
+    if not (isinstance(A_mod, nn.Linear) and isinstance(B_mod, nn.Linear)):
+        raise ValueError(
+            f"layer {name!r}: only PEFT LoRA layers on Linear / Conv1D bases are supported; got "
+            f"lora_A of type {type(A_mod).__name__}"
+        )
+    layer = PeftLoRALayer(name, module, adapter)
+    layer.scaling  # validate now  # noqa: B018
+    return layer
