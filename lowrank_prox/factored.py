@@ -223,8 +223,15 @@ class _Dense:
 
 
 def as_operator(target, name="target", *, check_finite=True):
-    """Validate ``target`` (dense 2-D array or :class:`LowRankSum`) and give it ``@``/``.T``."""
-    if isinstance(target, LowRankSum):
+    """Validate ``target`` (dense 2-D array or :class:`LowRankSum`) and give it ``@``/``.T``.
+
+    Operator protocol: an object with ``__lowrank_operator__ = True`` is passed through as is.
+    It must provide ``shape``, ``dtype``, ``T``, ``@`` with an (n, k) array, ``astype(dtype)``,
+    ``norm()`` and ``like`` (an array of its namespace and device), e.g.
+    :class:`lowrank_prox.optim.distributed.DistributedLowRankSum`, whose products are summed
+    over data-parallel workers.  :func:`lowrank_prox.lorsum` needs nothing else.
+    """
+    if isinstance(target, LowRankSum) or getattr(target, "__lowrank_operator__", False):
         return target
     if isinstance(target, _Dense):
         return target

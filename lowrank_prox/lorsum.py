@@ -148,7 +148,8 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
     lam = _validate.check_real(ridge, "ridge", low=0.0)
     _validate.check_choice(start, "start", ("v", "u"))
 
-    like = op.terms[0][1] if isinstance(op, LowRankSum) else op.to_dense()
+    like = op.terms[0][1] if isinstance(op, LowRankSum) else getattr(op, "like", None)
+    like = op.to_dense() if like is None else like  # protocol operators name their ``like``
     xp = _xp.get_namespace(
         like, U0, V0, Ua, Va, names=["target", "U0", "V0", "anchor[0]", "anchor[1]"]
     )

@@ -386,8 +386,14 @@ class LoRAOptimizer(torch.optim.Optimizer):
         others = [] if self._other is None else [
             p for g in self._other.param_groups for p in g["params"] if p.grad is not None
         ]
-        finite = all(bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for _, g, _ in work)
-        finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
+        sync = getattr(self, "_data_parallel", None)  # set by optim.distributed.data_parallel
+        if sync is not None:  # the global batch's gradients and one finiteness verdict
+            work, finite = sync.synchronize(self, work, others)
+        else:
+            finite = all(
+                bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for _, g, _ in work
+            )
+            finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
         if not finite:
             return self._skip("a captured or other gradient contains NaN/Inf")
 
