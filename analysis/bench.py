@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -348,7 +347,7 @@ def _projection(cfg, progress):
         )
         # LoRSum x1 again, interleaved with the floor, so both see the same machine load
         t_l1, _, _ = _timeit(
-            lambda: lorsum(prob.target, prob.U, prob.V, iters=1),
+            lambda p=prob: lorsum(p.target, p.U, p.V, iters=1),
             budget_s=cfg["budget_s"], max_repeats=4 * cfg["max_repeats"],
         )
         floors.append(dict(m=m, r=r, floor_s=t_floor, lorsum1_s=t_l1, multiple=t_l1 / t_floor))
@@ -394,52 +393,56 @@ def _seven_b(cfg, progress):
     The step is scaled so that ``‖ηG‖₂ = 0.3 σ_r`` of the adapter; accuracy is the residual
     relative to the full SVD's (``rel_excess`` = resid/resid_full − 1).
     """
+    rows = []
+    for m, n in progress([(4096, 4096), (4096, 11008)], desc="7B shapes"):
+        rows += _seven_b_shape(m, n, cfg)
+        gc.collect()
+    return rows
+
+
+def _seven_b_shape(m, n, cfg, r=16, N=4096):
     import torch
     from sklearn.utils.extmath import randomized_svd
 
     rows = []
-    r, N = 16, 4096
-    for m, n in progress([(4096, 4096), (4096, 11008)], desc="7B shapes"):
-        rng = np.random.default_rng(0)
-        U = (_orth(rng, m, r) / np.sqrt(np.arange(1, r + 1))).astype(np.float32)
-        V = _orth(rng, n, r).astype(np.float32)
-        Dt = rng.standard_normal((m, N)).astype(np.float32)
-        Xt = (rng.standard_normal((n, N)) * 0.97 ** np.arange(N) ** 0.5).astype(np.float32)
-        G = LowRankSum([(1.0, Dt, Xt)])
-        g2 = float(truncated_svd(G, 1, method="randomized", random_state=0)[1][0])
-        eta = 0.3 * (1.0 / math.sqrt(r)) / g2
-        Y = LowRankSum([(1.0, U, V), (-eta, Dt, Xt)])
-        t0 = time.perf_counter()
-        dense = Y.to_dense()
-        t_form = time.perf_counter() - t0
-        dense_t = torch.from_numpy(dense)
+    rng = np.random.default_rng(0)
+    U = (_orth(rng, m, r) / np.sqrt(np.arange(1, r + 1))).astype(np.float32)
+    V = _orth(rng, n, r).astype(np.float32)
+    Dt = rng.standard_normal((m, N)).astype(np.float32)
+    Xt = (rng.standard_normal((n, N)) * 0.97 ** np.arange(N) ** 0.5).astype(np.float32)
+    G = LowRankSum([(1.0, Dt, Xt)])
+    g2 = float(truncated_svd(G, 1, method="randomized", random_state=0)[1][0])
+    eta = 0.3 * (1.0 / math.sqrt(r)) / g2
+    Y = LowRankSum([(1.0, U, V), (-eta, Dt, Xt)])
+    t0 = time.perf_counter()
+    dense = Y.to_dense()
+    t_form = time.perf_counter() - t0
+    dense_t = torch.from_numpy(dense)
 
-        def pair(u, s, vh):
-            return u[:, :r] * s[:r], vh[:r].T
+    def pair(u, s, vh):
+        return u[:, :r] * s[:r], vh[:r].T
 
-        methods = {
-            "LoRSum x1": lambda: lorsum(Y, U, V, iters=1),
-            "LoRSum x2": lambda: lorsum(Y, U, V, iters=2),
-            "truncated_svd randomized": lambda: pair(
-                *truncated_svd(Y, r, method="randomized", random_state=0)),
-            "torch.svd_lowrank": lambda: pair(
-                *(lambda u, s, v: (u, s, v.mT))(
-                    *torch.svd_lowrank(dense_t, q=r + OVERSAMPLES, niter=2))),
-            "sklearn randomized_svd": lambda: pair(*randomized_svd(dense, r, random_state=0)),
-            "full SVD (numpy)": lambda: pair(*np.linalg.svd(dense, full_matrices=False)),
-        }
-        res = {}
-        for name, fn in methods.items():
-            full = name.startswith("full")
-            t, reps, (A, B) = _timeit(fn, budget_s=0.0 if full else cfg["budget_s"],
-                                      max_repeats=3, min_repeats=0 if full else 2)
-            res[name] = (t, reps, _resid2(Y.terms, A, B))
-        ref = res["full SVD (numpy)"][2]
-        for name, (t, reps, r2) in res.items():
-            rows.append(dict(m=m, n=n, r=r, N=N, method=name, time_s=t, repeats=reps,
-                             rel_excess=r2 / ref - 1.0, dense_form_s=t_form))
-        del dense, dense_t
-        gc.collect()
+    methods = {
+        "LoRSum x1": lambda: lorsum(Y, U, V, iters=1),
+        "LoRSum x2": lambda: lorsum(Y, U, V, iters=2),
+        "truncated_svd randomized": lambda: pair(
+            *truncated_svd(Y, r, method="randomized", random_state=0)),
+        "torch.svd_lowrank": lambda: pair(
+            *(lambda u, s, v: (u, s, v.mT))(
+                *torch.svd_lowrank(dense_t, q=r + OVERSAMPLES, niter=2))),
+        "sklearn randomized_svd": lambda: pair(*randomized_svd(dense, r, random_state=0)),
+        "full SVD (numpy)": lambda: pair(*np.linalg.svd(dense, full_matrices=False)),
+    }
+    res = {}
+    for name, fn in methods.items():
+        full = name.startswith("full")
+        t, reps, (A, B) = _timeit(fn, budget_s=0.0 if full else cfg["budget_s"],
+                                  max_repeats=3, min_repeats=0 if full else 2)
+        res[name] = (t, reps, _resid2(Y.terms, A, B))
+    ref = res["full SVD (numpy)"][2]
+    for name, (t, reps, r2) in res.items():
+        rows.append(dict(m=m, n=n, r=r, N=N, method=name, time_s=t, repeats=reps,
+                         rel_excess=r2 / ref - 1.0, dense_form_s=t_form))
     return rows
 
 
@@ -447,52 +450,37 @@ def _seven_b(cfg, progress):
 
 #: (label, optimizer class name in lowrank_prox.optim, keyword arguments, layer kind)
 OPTIMIZERS = (
-    ("PSI-LoRA x1", "PSILoRA", dict(lr=0.05, iters=1), "lora"),
+    ("PSI-LoRA x1", "PSILoRA", dict(lr=0.05, iters=1, momentum=0.9), "lora"),
     ("Scaled PSI-LoRA", "ScaledPSILoRA", dict(lr=0.05), "lora"),
-    ("SVDLoRA", "SVDLoRA", dict(lr=0.05), "lora"),
-    ("RPLoRA", "RPLoRA", dict(lr=0.05), "lora"),
+    ("SVDLoRA", "SVDLoRA", dict(lr=1e-3, optimizer="adam"), "lora"),
+    ("RPLoRA", "RPLoRA", dict(lr=1e-3, optimizer="adam"), "lora"),
     ("GeoLoRA", "GeoLoRA", dict(lr=0.05, min_rank=8, max_rank=8), "geolora"),  # rank fixed
 )
 
 
-def _storages(obj, seen=None, out=None):
-    """``{storage pointer: bytes}`` of every tensor reachable through dicts/lists/tuples."""
+def _storages(obj, *, attributes=False):
+    """``{storage pointer: bytes}`` of every tensor reachable from ``obj``.
+
+    Follows dicts, lists, tuples and sets, and with ``attributes`` also object ``__dict__``s
+    (never into ``nn.Module``s: the model's own tensors are not the optimizer's).
+    """
     import torch
 
-    seen = set() if seen is None else seen
-    out = {} if out is None else out
-    if id(obj) in seen:
-        return out
-    seen.add(id(obj))
-    if torch.is_tensor(obj):
-        st = obj.untyped_storage()
-        out[st.data_ptr()] = st.nbytes()
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            _storages(v, seen, out)
-    elif isinstance(obj, list | tuple | set):
-        for v in obj:
-            _storages(v, seen, out)
-    return out
-
-
-def _live_storages():
-    """``{storage pointer: bytes}`` of every tensor the garbage collector can see."""
-    import warnings
-
-    import torch
-
-    gc.collect()
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for o in gc.get_objects():
-            try:
-                if isinstance(o, torch.Tensor):
-                    st = o.untyped_storage()
-                    out[st.data_ptr()] = st.nbytes()
-            except (RuntimeError, ReferenceError):  # meta/sparse tensors without storage
-                continue
+    seen, out, stack = set(), {}, [obj]
+    while stack:
+        o = stack.pop()
+        if id(o) in seen or o is None or isinstance(o, str | int | float | bool):
+            continue
+        seen.add(id(o))
+        if isinstance(o, torch.Tensor):
+            st = o.untyped_storage()
+            out[st.data_ptr()] = st.nbytes()
+        elif isinstance(o, dict):
+            stack.extend(o.values())
+        elif isinstance(o, list | tuple | set | frozenset):
+            stack.extend(o)
+        elif attributes and not isinstance(o, torch.nn.Module) and hasattr(o, "__dict__"):
+            stack.extend(vars(o).values())
     return out
 
 
@@ -574,19 +562,22 @@ class _StepBench:
         self.times.append(time.perf_counter() - t0)
 
     def memory(self):
-        """State held across steps, and what is alive between backward() and step()."""
+        """Bytes of optimizer state, and of what the optimizer holds between backward and step.
+
+        ``captured`` is every tensor reachable from the optimizer object (its attributes,
+        hooks' buffers, ...) that is not a parameter, a gradient or state: for the capturing
+        optimizers the rows ``X`` and ``Δ`` of every layer.
+        """
         model, opt = self.model, self.opt
         opt.zero_grad(set_to_none=True)
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         state = {k: v for k, v in _storages(dict(opt.state)).items() if k not in params}
-        before = _live_storages()
         loss = self.loss_fn(model(self.x), self.y)
         loss.backward()
-        after = _live_storages()
         grads = _storages([p.grad for p in model.parameters() if p.grad is not None])
-        mine = _storages([self.x, self.y, loss])
-        captured = {k: v for k, v in after.items()
-                    if k not in before and k not in grads and k not in mine}
+        held = _storages(opt, attributes=True)
+        captured = {k: v for k, v in held.items()
+                    if k not in params and k not in grads and k not in state}
         opt.step()
         lora = _lora_numel(model)
         elem = next(model.parameters()).element_size()
@@ -729,10 +720,10 @@ def _plot(proj, hard, floors, opt_rows, sizes):
         pts = sorted((row["m"], row["time_s"]) for row in proj
                      if row["method"] == mth and row["r"] == 16)
         if pts:
-            ax.loglog(*zip(*pts), marker="o", label=mth)
+            ax.loglog(*zip(*pts, strict=True), marker="o", label=mth)
     fpts = sorted((f["m"], f["floor_s"]) for f in floors if f["r"] == 16)
     if fpts:
-        ax.loglog(*zip(*fpts), "k--", label="floor (ALS products)")
+        ax.loglog(*zip(*fpts, strict=True), "k--", label="floor (ALS products)")
     ax.set_xlabel("m = n")
     ax.set_ylabel("time per projection [s]")
     ax.set_title("(a) projection of a warm-started step, r = 16, N = 64")
@@ -816,10 +807,13 @@ def _print_table(proj, floors, hard, opt_rows, seven, scaling, targets, sizes, o
     if opt_rows:
         p()
         p("Optimizer step (MLP, LoRA r = 8, batch 64)")
-        p(f"{'method':<18}{'step ms':>9}{'x Adam':>8}{'state/LoRA':>12}{'captured/LoRA':>15}")
+        p(f"{'method':<18}{'step ms':>9}{'x Adam':>8}{'state/LoRA':>12}{'captured/LoRA':>15}"
+          f"{'total/LoRA':>12}")
         for o in opt_rows:
             p(f"{o['method']:<18}{o['step_s'] * 1e3:9.2f}{o['time_ratio']:8.2f}"
-              f"{o['state_per_lora_param']:12.2f}{o['captured_per_lora_param']:15.2f}")
+              f"{o['state_per_lora_param']:12.2f}{o['captured_per_lora_param']:15.2f}"
+              f"{o['total_per_lora_param']:12.2f}")
+        p("  (bytes per LoRA parameter byte; total = adapter + grads + state + captured X, Δ)")
     if seven:
         p()
         p("7B layer shapes (float32, r = 16, N = 4096): time [s], excess vs full SVD")
@@ -880,6 +874,18 @@ def _notes(targets, skipped, fast):
                 lines.append(f"{key}: not met ({extra})")
             else:
                 lines.append(f"{key} = {val:.3g} ({'met' if met else 'NOT met'})")
+    if targets.get("psilora_step_ratio_met") is False:
+        lines.append(
+            "PSI-LoRA step: the two LoRSum calls per layer are skinny products (m x (r+N+r_M) by "
+            "(r+N+r_M) x r); torch's CPU BLAS runs the m x 8 outputs of these several times "
+            "slower than NumPy's OpenBLAS (profiled: 64x1024 @ 1024x8 took 85 us in torch vs "
+            "14 us in NumPy, and 8x faster as the wide product (8x64 @ 64x1024)), so the step is "
+            "bound by product layout, not by flops; a wide (transposed) layout in the core's "
+            "products is the fix left open."
+        )
+    lines.append("Memory: 'captured' is the X and Δ rows the capturing optimizers hold from "
+                 "backward to step, N/r times the adapter per layer (N = 64, r = 8 here); "
+                 "SVDLoRA's state is m·n per layer.")
     for k, v in skipped.items():
         lines.append(f"skipped {k}: {v}")
     return "\n".join(lines)
