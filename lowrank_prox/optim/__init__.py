@@ -10,6 +10,7 @@ from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarn
 from .baselines import RPLoRA, SVDLoRA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
+from .scaled import ScaledPSILoRA
 
 __all__ = [
     "CapturedGradient",
@@ -21,4 +22,5 @@ __all__ = [
     "ProjPSILoRA",
     "RPLoRA",
     "SVDLoRA",
+    "ScaledPSILoRA",
 ]
