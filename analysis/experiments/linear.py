@@ -27,7 +27,7 @@ from torch import nn
 
 from lowrank_prox import _validate
 from lowrank_prox.nn import LoRALinear
-from lowrank_prox.optim import PSILoRA, ProjPSILoRA, RPLoRA, SVDLoRA
+from lowrank_prox.optim import ProjPSILoRA, PSILoRA, RPLoRA, SVDLoRA
 
 __all__ = [
     "LinearTaskConfig",
@@ -251,7 +251,8 @@ def paper_methods(setting, *, momentum_ranks=(1,)):
         for mult in momentum_ranks:
             label = f"PSI-LoRA x{K} rM={'' if mult == 1 else mult}r"
             methods.append(M(label, lambda m, K=K, mult=mult: PSILoRA(
-                m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=mult * m.rank), lr=0.1, iters=K, momentum_rank_mult=mult))
+                m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=mult * m.rank),
+                lr=0.1, iters=K, momentum_rank_mult=mult))
     return methods
 
 
