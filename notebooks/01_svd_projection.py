@@ -211,6 +211,8 @@ for name, t in cost.items():
 fig, ax = plt.subplots(figsize=(5.5, 3.5))
 for name, t in cost.items():
     ax.loglog(sizes, t, "o-", label=name)
+ax.set_xticks(sizes, labels=[str(d) for d in sizes])
+ax.tick_params(axis="x", which="minor", labelbottom=False)
 ax.set_xlabel("m  (n = m/2, r = 8, batch N = 32)")
 ax.set_ylabel("seconds")
 ax.set_title("Cost of one projection step")
