@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from lowrank_prox.nn import LoRALinear
-from lowrank_prox.optim import PSILoRA, ProjPSILoRA
+from lowrank_prox.optim import ProjPSILoRA, PSILoRA
 from lowrank_prox.optim.distributed import (
     comm_stats,
     data_parallel,

@@ -297,7 +297,9 @@ class _DataParallel:
         all_others = [] if optimizer._other is None else [
             p for g in optimizer._other.param_groups for p in g["params"]
         ]
-        finite = all(bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for g in local.values())
+        finite = all(
+            bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for g in local.values()
+        )
         finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
         counts = [0 if finite else 1]
         counts += [local[id(L)].X.shape[0] + 1 if id(L) in local else 0 for L in layers]
