@@ -54,7 +54,7 @@ __all__ = ["PeftLoRALayer", "is_peft_lora_layer", "peft_lora_layer"]
 
 
 def is_peft_lora_layer(module):
-    """Whether ``module`` looks like a PEFT LoRA tuner layer (``lora_A``/``lora_B`` module dicts)."""
+    """Whether ``module`` looks like a PEFT LoRA layer (``lora_A``/``lora_B`` module dicts)."""
     return (
         isinstance(getattr(module, "lora_A", None), nn.ModuleDict)
         and isinstance(getattr(module, "lora_B", None), nn.ModuleDict)

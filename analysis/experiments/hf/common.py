@@ -23,7 +23,7 @@ and ``lora`` (torch.optim) the Trainer clips as usual.
 
 Log format (one JSON object per line, ``--log``): a first line ``{"event": "start", "settings":
 {...}}``; then the Trainer's log dicts with ``"step"`` (training: ``loss``, ``learning_rate``,
-``ridge`` = the current λ = lr·λ0 of the LoRA group when the method has one; evaluation:
+``ridge`` = the λ = lr·λ0 of that step when the method has one; evaluation, also at step 0:
 ``eval_loss`` and ``eval_<metric>``); a last line ``{"event": "end", ...}`` with the best
 evaluation metric.  :func:`read_log` reads it back as curves.
 """
@@ -194,8 +194,8 @@ def jsonl_callback(path, settings, *, main_metric=None, derived=None):
             opt = kw.get("optimizer")
             opt = getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer
             group = opt.param_groups[0] if opt is not None else {}
-            if "ridge" in group and "eval_loss" not in entry:
-                entry["ridge"] = group["lr"] * group["ridge"]
+            if "ridge" in group and "learning_rate" in entry:  # λ of the step just taken
+                entry["ridge"] = entry["learning_rate"] * group["ridge"]
             if derived is not None:
                 entry.update(derived(entry))
             if main_metric in entry and _finite(entry[main_metric]):
@@ -338,5 +338,6 @@ def train(model, args, train_ds, eval_ds, *, collator, compute_metrics=None, mai
         optimizers=(optimizer, None),
         callbacks=[jsonl_callback(log_path, settings, main_metric=main_metric, derived=derived)],
     )
+    trainer.evaluate()  # the curves start at step 0
     trainer.train()
     return trainer, log_path

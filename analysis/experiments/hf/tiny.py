@@ -46,10 +46,12 @@ def _tokenizer(kind):
     return PreTrainedTokenizerFast(tokenizer_object=tok, **special), vocab
 
 
-def make_tiny_model(kind, out_dir, *, num_labels=2, seed=0):
+def make_tiny_model(kind, out_dir, *, num_labels=2, seed=0, init_range=0.3):
     """Write a random 2-layer ``"roberta"`` (sequence classification) or ``"gpt2"`` (causal LM).
 
     Returns ``out_dir``.  GPT-2 keeps its ``Conv1D`` layers (PEFT needs ``fan_in_fan_out``).
+    ``init_range`` is the weights' initial std: larger than the usual 0.02 so that a random
+    (unpretrained) model's features depend on its input and the tiny tasks are learnable.
     """
     import torch
     from transformers import (
@@ -70,6 +72,7 @@ def make_tiny_model(kind, out_dir, *, num_labels=2, seed=0):
             intermediate_size=64, max_position_embeddings=70, num_labels=num_labels,
             pad_token_id=ids["pad"], bos_token_id=ids["bos"], eos_token_id=ids["eos"],
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            initializer_range=init_range,
         )
         model = RobertaForSequenceClassification(config)
     else:
@@ -77,6 +80,7 @@ def make_tiny_model(kind, out_dir, *, num_labels=2, seed=0):
             vocab_size=len(vocab), n_positions=64, n_embd=32, n_layer=2, n_head=2,
             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            initializer_range=init_range,
         )
         model = GPT2LMHeadModel(config)
     model.save_pretrained(out_dir)
