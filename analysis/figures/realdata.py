@@ -57,7 +57,7 @@ LM_LRS = {
     "lora-adamw": (1e-3, 1e-2, 1e-1),
     "svdlora": (0.1, 1.0, 10.0),
     "psilora-1": (0.1, 1.0, 10.0),
-    "scaled-psilora": (0.02, 0.2, 2.0),
+    "scaled-psilora": (1.0, 10.0, 100.0),
 }
 
 
@@ -169,7 +169,7 @@ ABLATION = {
 @figure("fig3_scaled_ablation",
         "Scaled PSI-LoRA ablation on digits: metric x power x damping x learning rate")
 def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
-    cfg = R.DigitsConfig(epochs=3 if fast else 10)
+    cfg = R.DigitsConfig(epochs=3 if fast else 5)
     grid = dict(ABLATION)
     if fast:
         grid["damping"] = (1e-1,)
@@ -247,7 +247,8 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
 # --------------------------------------------------------------------------------------------
 
 #: Learning rates: the paper's MNIST/LeNet-5 table (paper.md §9.3) where it has the method;
-#: Scaled PSI-LoRA uses the paper's transformer default 0.2.
+#: Scaled PSI-LoRA (not in that table) uses the best of a development sweep {0.02, 0.2, 2, 20}
+#: on this task (10 epochs, seed 0); the paper's transformer default 0.2 reached 0.913 there.
 DIGITS_LRS = {
     "full-sgd": 0.05,
     "full-adamw": 1e-3,
@@ -258,7 +259,7 @@ DIGITS_LRS = {
     "psilora-1": 0.02,
     "psilora-2": 0.02,
     "psilora-8": 0.02,
-    "scaled-psilora": 0.2,
+    "scaled-psilora": 2.0,
 }
 
 
@@ -326,8 +327,9 @@ def fig4_method_curves(*, fast: bool) -> FigureResult:
         f"split), tanh MLP 64-{'-'.join(map(str, cfg.hidden))}-10 with its linear layers frozen "
         f"at random init + rank-{cfg.rank} LoRA on each (biases trainable), {cfg.epochs} epochs, "
         f"batch {cfg.batch}, seeds {list(seeds)}; Full = the same MLP fully trained. LRs: the "
-        "paper's MNIST table (not re-tuned); Scaled PSI-LoRA at the paper's transformer default "
-        "0.2 (K-FAC, p 0.5, damping 1e-5, lambda0 1e-2)." + summary
+        "paper's MNIST table (not re-tuned: LoRA-SGD at its 0.002 is visibly under-trained "
+        "here); Scaled PSI-LoRA (not in that table) at 2.0, the best of a development sweep "
+        "{0.02, 0.2, 2, 20} (K-FAC, p 0.5, damping 1e-5, lambda0 1e-2, other params Adam 1e-4)." + summary
         + _missing_note(R.DIGITS_METHODS, methods)
     )
     settings = {"config": R.config_dict(cfg), "lrs": DIGITS_LRS, "seeds": list(seeds),
