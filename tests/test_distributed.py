@@ -200,6 +200,9 @@ def test_measured_bytes(m, n, r, N_, K):
     assert ar0["bytes"] == K * r * (m + n) * 4  # K iterations × (V-step + U-step)
     assert ar["bytes"] == 2 * K * r * (m + n) * 4  # plus the momentum call, r_M = r
     assert ar["by_collective"]["all_gather"]["bytes"] == 0
+    if ScaledPSILoRA is not None:  # reads the rows: gathers them once, then computes locally
+        sc = measure_comm_bytes(m, n, r, N=N_, comm="allreduce", iters=K, optimizer="scaled")
+        assert sc["bytes"] == ag["bytes"]
     assert not dist.is_initialized()
 
 

@@ -19,7 +19,7 @@ usual, and ``step()`` combines them with one of two strategies:
     ``r (m + n)`` numbers per half-step, activations never move.  Anything that needs the rows
     themselves (a clipping norm ``‖G‖² = ⟨XXᵀ, ΔΔᵀ⟩``, Scaled PSI-LoRA's statistics and its
     row-scaled target, a dense ``G`` for SVDLoRA) gathers them lazily, once per layer and step, at
-    the cost of ``"allgather"``.
+    the cost of ``"allgather"``; the later products of that step are then local.
 
 Which is cheaper: per layer and step ``"allreduce"`` moves ``Σ_calls r_call (m + n)`` numbers
 (2 half-steps per iteration, for each LoRSum call: ``2K·r(m + n)`` for PSI-LoRA without momentum,
@@ -265,7 +265,13 @@ class DistributedCapturedGradient(CapturedGradient):
         return (self.Delta_local.shape[1], self.X_local.shape[1])
 
     def as_sum(self, coef=1.0, *, extra=()):
-        """``extra + coef·G`` as a :class:`DistributedLowRankSum` (rows stay local)."""
+        """``extra + coef·G`` as a :class:`DistributedLowRankSum` (rows stay local).
+
+        Once the rows were gathered (clipping, Scaled PSI-LoRA's statistics) the products are
+        local: a plain :class:`LowRankSum` of the global rows, no further communication.
+        """
+        if self._rows is not None:
+            return CapturedGradient(*self._rows, self.scale).as_sum(coef, extra=extra)
         shard = (coef * self.scale, self.Delta_local.mT, self.X_local.mT)
         return DistributedLowRankSum(extra, [shard], self._comm)
 
