@@ -21,7 +21,8 @@
 #
 # One PSI-LoRA step with $K$ LoRSum iterations approximates the SVDLoRA step
 # $\Pi_r(W_t-\eta G)$ (notebooks 01–02):
-# $$(U,V)\leftarrow \mathrm{LoRSum}_K\big([(U,V),(\Delta^\top,X),(M_U,M_V)],\ [1,-\eta(1-d),-\eta\mu],\ \lambda=\eta\lambda_0\big),$$
+# $$(U,V)\leftarrow \mathrm{LoRSum}_K\big([(U,V),(\Delta^\top,X),(M_U,M_V)],
+#   \ [1,-\eta(1-d),-\eta\mu],\ \lambda=\eta\lambda_0\big),$$
 # with a rank-$r_M$ momentum kept by a second LoRSum (SPEC §6).
 # The task, the methods and their learning rates are those of `analysis.experiments.linear`
 # (the same code as the figures); this notebook runs one seed at the paper's sizes, and a
@@ -61,7 +62,7 @@ def plot(curves, title, ax):
         baseline = label.startswith(("LoRA", "RPLoRA"))
         ax.semilogy(np.maximum(c, FLOOR), label=label, ls="--" if baseline else "-")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("excess loss (clipped at %g)" % FLOOR)
+    ax.set_ylabel(f"excess loss (clipped at {FLOOR:g})")
     ax.set_title(title)
     ax.legend(fontsize=7)
 
@@ -80,7 +81,8 @@ labels = ["SVDLoRA", *[f"PSI-LoRA x{K}" for K in Ks], "RPLoRA SGD", "LoRA SGD", 
 fullbatch = run("fullbatch", labels, config)
 
 fig, ax = plt.subplots(figsize=(6.5, 4))
-plot(fullbatch, f"full batch, lr 0.5 (d_in={config.d_in}, d_out={config.d_out}, r={config.rank})", ax)
+title = f"full batch, lr 0.5 (d_in={config.d_in}, d_out={config.d_out}, r={config.rank})"
+plot(fullbatch, title, ax)
 plt.show()
 
 print("method            excess after 1 / 10 / all epochs")
@@ -139,7 +141,7 @@ for label, c in momrank.items():
                 ls="-" if K is None or label.endswith("=r") else (
                     "--" if label.endswith("2r") else ":"))
 ax.set_xlabel("epoch")
-ax.set_ylabel("excess loss (clipped at %g)" % FLOOR)
+ax.set_ylabel(f"excess loss (clipped at {FLOOR:g})")
 ax.set_title(f"momentum rank, batch {mini.batch_size}, momentum 0.75, lr 0.1")
 ax.legend(fontsize=7)
 plt.show()
