@@ -146,6 +146,25 @@ def _fmt(x):
     return f"{x:.3g}"
 
 
+def _rises(results):
+    """A sentence on every curve whose final mean is > 3× its minimum (late instability)."""
+    out = []
+    for label, (ex, _, _) in results.items():
+        mean = ex.mean(0)
+        e = int(np.argmin(mean))
+        if mean[-1] > 3 * mean[e]:
+            out.append(f"{label} reaches {_fmt(mean[e])} at epoch {e} then rises to "
+                       f"{_fmt(mean[-1])}")
+    if not out:
+        return ""
+    why = ""
+    if any(item.startswith("PSI-LoRA x1") for item in out):
+        why = (" (diagnosed for PSI-LoRA x1: the momentum factors lose balance, ‖M_U‖ ≫ ‖M_V‖, "
+               "so the fixed ridge λ = lr·λ0 dominates the momentum U-step; with ridge 0 the "
+               "same run keeps decreasing)")
+    return " Late rise: " + "; ".join(out) + why + "."
+
+
 @figure("fig1_linear_fullbatch",
         "Linear task, full batch, no momentum: excess loss vs epoch (paper Fig 1a, SPEC §9)")
 def fig1_linear_fullbatch(*, fast=False):
@@ -191,7 +210,7 @@ def fig1_linear_minibatch(*, fast=False):
         f"Final mean excess (epoch {config.epochs}), best first: "
         + ", ".join(f"{lab} {_fmt(metrics[metric_key(lab)])}" for lab in order)
         + ". Mini-batch noise sets a floor for every method; LoRA SGD/AdamW and RPLoRA use the "
-        "paper's per-method learning rates."
+        "paper's per-method learning rates." + _rises(results)
     )
     fig = _plot(results, "Linear task (mini-batch, momentum 0.75)")
     settings = {"config": config_dict(config), "seeds": list(seeds), "momentum": 0.75,
@@ -215,7 +234,7 @@ def fig5_momentum_rank(*, fast=False):
         metrics[f"gap_to_svdlora_x{K}_rM_4r"] = vals[2] - svd
     notes = (
         f"Final mean excess: SVDLoRA {_fmt(svd)}; PSI-LoRA " + "; ".join(lines)
-        + ". The figure shows x1 and x8 (x2 only in the JSON)."
+        + ". The figure shows x1 and x8 (x2 only in the JSON)." + _rises(results)
     )
     shown = [lab for lab in results if "x2 " not in lab]
     fig = _plot(results, "Linear task (mini-batch): momentum rank", labels=shown)
