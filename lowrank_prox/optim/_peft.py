@@ -39,6 +39,15 @@ adapter in a layer, LoRA variants (DoRA, ...) and PEFT conv layers.  PEFT embedd
 (``lora_embedding_A/B``) are not LoRA layers here: their parameters, like the ``modules_to_save``
 heads and classifier, go to the secondary optimizer with the other trainable parameters.
 
+With ``transformers.Trainer``.  Pass the optimizer as ``Trainer(..., optimizers=(opt, None))``
+(built after ``model.to(device)``) or as ``optimizer_cls_and_kwargs=(PSILoRA, {"model": model,
+"lr": ...})``; the Trainer wraps its LR scheduler around it, so ``λ = lr·λ0`` and the secondary
+optimizer's lr follow the schedule.  Clip once: either the optimizer's ``max_grad_norm`` (which
+sees the captured ``G``) with ``TrainingArguments(max_grad_norm=0)``, or nothing.  The Trainer's
+own clipping acts on ``.grad``, which these optimizers ignore for the adapters: it would clip only
+the head, by a norm that includes the unused adapter ``.grad``.  Gradient checkpointing is not
+tested (a recomputed forward registers a second capture of the same call).
+
 Nothing here imports ``peft``: layers are recognised by their attributes (``lora_A``/``lora_B``
 ``nn.ModuleDict``, ``scaling`` dict, ``active_adapters``).
 """
