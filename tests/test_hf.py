@@ -90,6 +90,26 @@ def test_gpt2_conv1d_layers_and_captured_gradient():
     torch.testing.assert_close(U @ V.mT, 2.0 * layers[0].B @ layers[0].A)
 
 
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_captures_the_same_gradient(reentrant):
+    def captured(checkpointing):
+        model = _tiny_gpt2()
+        if checkpointing:
+            model.gradient_checkpointing_enable({"use_reentrant": reentrant})
+            model.enable_input_require_grads()
+        pm = peft.get_peft_model(model, _lora_config(
+            target_modules=["c_attn"], fan_in_fan_out=True, init_lora_weights=False))
+        pm.train()
+        opt = PSILoRA(pm, 0.1)
+        ids = torch.randint(0, 30, (3, 7), generator=torch.Generator().manual_seed(1))
+        pm(input_ids=ids, labels=ids).loss.backward()
+        return [D.mT @ X for D, X in ((d, x) for x, d in (la.capture.rows()
+                                                          for la in opt.layers))]
+
+    for g, g_ckpt in zip(captured(False), captured(True), strict=True):
+        torch.testing.assert_close(g_ckpt, g, rtol=1e-4, atol=1e-6)  # float32 recompute
+
+
 def test_roberta_layers_and_head_goes_to_other_optimizer():
     pm = peft.get_peft_model(_tiny_roberta(), _lora_config(
         task_type="SEQ_CLS", target_modules=["query", "value"]))

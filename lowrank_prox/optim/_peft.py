@@ -45,8 +45,9 @@ With ``transformers.Trainer``.  Pass the optimizer as ``Trainer(..., optimizers=
 optimizer's lr follow the schedule.  Clip once: either the optimizer's ``max_grad_norm`` (which
 sees the captured ``G``) with ``TrainingArguments(max_grad_norm=0)``, or nothing.  The Trainer's
 own clipping acts on ``.grad``, which these optimizers ignore for the adapters: it would clip only
-the head, by a norm that includes the unused adapter ``.grad``.  Gradient checkpointing is not
-tested (a recomputed forward registers a second capture of the same call).
+the head, by a norm that includes the unused adapter ``.grad``.  Gradient checkpointing,
+reentrant or not, captures the same ``G`` (a recomputed forward whose output gets no gradient
+is ignored; tests/test_hf.py).
 
 Nothing here imports ``peft``: layers are recognised by their attributes (``lora_A``/``lora_B``
 ``nn.ModuleDict``, ``scaling`` dict, ``active_adapters``).
