@@ -147,3 +147,10 @@ def test_fig4_table_and_curves(fig4):
     lora = fig4["series"]["lora-adamw"]["val_acc_mean"]
     assert lora[-1] > lora[0] + 0.3
     assert all(math.isfinite(v) for v in fig4["series"]["lora-adamw"]["train_loss_mean"])
+
+
+def test_torch_threads_restores_setting():
+    before = torch.get_num_threads()
+    with R.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
