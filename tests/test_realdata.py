@@ -11,9 +11,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
+import analysis.figures.realdata  # noqa: E402,F401  (registers the figures)
 from analysis import registry  # noqa: E402
 from analysis.experiments import realdata as R  # noqa: E402
-from analysis.figures import realdata as F  # noqa: E402
 
 ALL_LM = set(R.LM_METHODS)
 ALL_DIGITS = set(R.DIGITS_METHODS)
@@ -98,7 +98,7 @@ def test_fig2_perplexities(fig2):
     # The briefly pretrained model already beats the uniform model on the held-out text.
     assert 1.0 < m["pretrained_val_ppl"] < uniform
     assert set(m["methods"]) == ALL_LM
-    for method, row in m["methods"].items():
+    for row in m["methods"].values():
         assert len(row["final_ppl"]) == 3 == len(row["lrs"])
         # At its best LR every method ends finite and below the uniform perplexity.
         assert row["best_final_ppl"] is not None and 1.0 < row["best_final_ppl"] < uniform

@@ -402,7 +402,8 @@ def _perplexity(model, x, y, chunk=128):
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(x), chunk):
-            total += float(_lm_loss(model, x[i : i + chunk], y[i : i + chunk])) * len(x[i : i + chunk])
+            xb, yb = x[i : i + chunk], y[i : i + chunk]
+            total += float(_lm_loss(model, xb, yb)) * len(xb)
     model.train(was_training)
     return math.exp(total / len(x))
 
@@ -485,7 +486,8 @@ def run_lm_finetune(method, lr, *, config=CharLMConfig(), **optim_kwargs):
         gen = torch.Generator().manual_seed(config.seed + 1)
         steps, ppl, losses = [0], [_perplexity(model, val_x, val_y)], []
         diverged = False
-        for t, (x, y) in enumerate(_batches(train, config.context, config.batch, config.steps, gen)):
+        batches = _batches(train, config.context, config.batch, config.steps, gen)
+        for t, (x, y) in enumerate(batches):
             loss = _lm_loss(model, x, y)
             if not torch.isfinite(loss):
                 diverged = True

@@ -43,10 +43,6 @@ def _missing_note(wanted, have):
     return f" NOT RUN (optimizer not importable): {', '.join(missing)}."
 
 
-def _finite_or_none(x):
-    return x if x is not None and math.isfinite(x) else None
-
-
 # --------------------------------------------------------------------------------------------
 # Fig 2: LR robustness (character LM)
 # --------------------------------------------------------------------------------------------
@@ -108,7 +104,8 @@ def fig2_lr_robustness(*, fast: bool) -> FigureResult:
         }
         series[m] = {str(lr): {"steps": runs[(m, lr)]["steps"], "val_ppl": runs[(m, lr)]["val_ppl"]}
                      for lr in lrs}
-    ax1.axhline(base_ppl, color="k", ls="--", lw=1, label=f"pretrained, no adapter ({base_ppl:.2f})")
+    ax1.axhline(base_ppl, color="k", ls="--", lw=1,
+                label=f"pretrained, no adapter ({base_ppl:.2f})")
     ax1.set_xticks(range(len(methods)), [R.method_label(m) for m in methods], fontsize=8)
     ax1.set(ylabel="final validation perplexity", title="3 learning rates per method (bar labels)")
     ax1.set_yscale("log")
@@ -176,8 +173,8 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
     have = R.available_methods(["scaled-psilora"])
     plt = _plt()
     lrs = grid["lr"]
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 3.8), sharey=True,
-                             constrained_layout=True)
+    fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 4.4), sharey=True,
+                             layout="constrained")
     axes = np.atleast_1d(axes)
     series, rows = {}, []
     pd_pairs = [(p, d) for p in grid["power"] for d in grid["damping"]]
@@ -202,7 +199,9 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
         ax.set_ylim(0.5, 1.0)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("validation accuracy")
-    axes[-1].legend(fontsize=7, ncol=2, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7, ncol=6, loc="outside lower center")
 
     metrics = {"table": rows}
     if rows:
@@ -225,8 +224,18 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
     if rows:
         summary = (" Best configuration: {metric}, p = {power:g}, damping {damping:g}, "
                    "lr {lr:g}: best accuracy {best_acc:.3f}.").format(**metrics["best_config"])
-        summary += " Mean best accuracy per lr: " + ", ".join(
-            f"{lr:g}: {metrics[f'mean_best_acc_lr={lr:g}']:.3f}" for lr in lrs) + "."
+        for axis, values in (("lr", lrs), ("metric", grid["metric"]), ("power", grid["power"]),
+                             ("damping", grid["damping"])):
+            key = "mean_best_acc_{}" if axis == "metric" else f"mean_best_acc_{axis}={{:g}}"
+            summary += f" Mean best accuracy per {axis}: " + ", ".join(
+                f"{v:g}: {metrics[key.format(v)]:.3f}" if axis != "metric"
+                else f"{v}: {metrics[key.format(v)]:.3f}" for v in values) + "."
+        dropped = [r for r in rows if r["last_acc"] < r["best_acc"] - 0.05]
+        summary += (f" {len(dropped)} of {len(rows)} runs end more than 0.05 below their best "
+                    "accuracy (unstable)")
+        if dropped:
+            summary += ", at lr " + ", ".join(sorted({f"{r['lr']:g}" for r in dropped}))
+        summary += "."
     notes = (
         "OFFLINE ANALOGUE of the paper's Fig 3 (Scaled PSI-LoRA ablation on RoBERTa-base / "
         "GLUE-MNLI, 3 epochs, seed 0: metric {K-FAC, Shampoo} x power {0.25, 0.5} x damping "
@@ -313,12 +322,19 @@ def fig4_method_curves(*, fast: bool) -> FigureResult:
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
 
+    unstable = [m for m in methods
+                if table[m]["last_acc"]["mean"] < table[m]["best_acc"]["mean"] - 0.05]
     lora_methods = [m for m in methods if not m.startswith("full")]
     ranking = sorted(lora_methods, key=lambda m: -table[m]["best_acc"]["mean"])
-    metrics = {"table": table, "lora_ranking_by_best_acc": ranking, "chance": 0.1}
+    metrics = {"table": table, "lora_ranking_by_best_acc": ranking, "chance": 0.1,
+               "unstable_methods": unstable}
     summary = " Best/mean/last accuracy (mean over seeds): " + "; ".join(
         f"{table[m]['label']} {table[m]['best_acc']['mean']:.3f}/{table[m]['mean_acc']['mean']:.3f}"
         f"/{table[m]['last_acc']['mean']:.3f}" for m in methods) + "."
+    if unstable:
+        summary += (" Unstable (mean last accuracy more than 0.05 below mean best): " + ", ".join(
+            f"{table[m]['label']} (last {table[m]['last_acc']['mean']:.3f} +- "
+            f"{table[m]['last_acc']['std']:.3f})" for m in unstable) + ".")
     notes = (
         "OFFLINE ANALOGUE of the paper's Fig 4 (RoBERTa-base on six GLUE tasks, tuned LRs, 3 "
         "seeds, paper.md §9.5) in the paper's v1 MNIST/LeNet-5 recipe (paper.md §9.3: linear "
@@ -329,7 +345,8 @@ def fig4_method_curves(*, fast: bool) -> FigureResult:
         f"batch {cfg.batch}, seeds {list(seeds)}; Full = the same MLP fully trained. LRs: the "
         "paper's MNIST table (not re-tuned: LoRA-SGD at its 0.002 is visibly under-trained "
         "here); Scaled PSI-LoRA (not in that table) at 2.0, the best of a development sweep "
-        "{0.02, 0.2, 2, 20} (K-FAC, p 0.5, damping 1e-5, lambda0 1e-2, other params Adam 1e-4)." + summary
+        "{0.02, 0.2, 2, 20} (K-FAC, p 0.5, damping 1e-5, lambda0 1e-2, other params Adam 1e-4)."
+        + summary
         + _missing_note(R.DIGITS_METHODS, methods)
     )
     settings = {"config": R.config_dict(cfg), "lrs": DIGITS_LRS, "seeds": list(seeds),
