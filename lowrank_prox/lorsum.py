@@ -178,29 +178,31 @@ def _half_step(op, W, anchor, lam):
     return _xp.spd_solve_right(R, gram)
 
 
-def _als(op, U, V, Ua, Va, lam, iters, start, callback=None):
-    """The one ALS loop behind lorsum, lorsum_history and the optimizers (SPEC §3)."""
+def _als(op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_step=None):
+    """The one ALS loop behind lorsum, lorsum_history, scaled_lorsum and the optimizers (SPEC §3).
+
+    ``v_step(opT, U, Va, lam)`` and ``u_step(op, V, Ua, lam)`` are the exact block minimisers;
+    the default is the unscaled :func:`_half_step` (scaled LoRSum passes metric-weighted ones).
+    """
+    v_step = v_step or _half_step
+    u_step = u_step or _half_step
     opT = op.T
-    if iters == 0:
-        U, V = _half_step(op, V, Ua, lam), _half_step(opT, U, Va, lam)
+
+    def report(step):
         if callback is not None:
-            callback("jacobi", U, V)
+            callback(step, U, V)
+
+    if iters == 0:
+        U, V = u_step(op, V, Ua, lam), v_step(opT, U, Va, lam)
+        report("jacobi")
         return U, V
     for _ in range(iters):
-        if start == "v":
-            V = _half_step(opT, U, Va, lam)
-            if callback is not None:
-                callback("v", U, V)
-            U = _half_step(op, V, Ua, lam)
-            if callback is not None:
-                callback("u", U, V)
-        else:
-            U = _half_step(op, V, Ua, lam)
-            if callback is not None:
-                callback("u", U, V)
-            V = _half_step(opT, U, Va, lam)
-            if callback is not None:
-                callback("v", U, V)
+        for side in ("v", "u") if start == "v" else ("u", "v"):
+            if side == "v":
+                V = v_step(opT, U, Va, lam)
+            else:
+                U = u_step(op, V, Ua, lam)
+            report(side)
     return U, V
 
 

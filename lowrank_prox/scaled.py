@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import _validate, _xp
 from .factored import LowRankSum
-from .lorsum import _cast, _lorsum_iv
+from .lorsum import _als, _cast, _lorsum_iv
 
 __all__ = ["scaled_lorsum", "scaled_lorsum_objective"]
 
@@ -83,16 +83,11 @@ def scaled_lorsum(
     op, U, V, Ua, Va, lam, iters, start, out_dtype, P_in, P_out = _scaled_iv(
         target, U0, V0, metric_in, metric_out, iters, ridge, anchor, start, check_finite
     )
-    opT = op.T
-    if iters == 0:
-        U, V = _half_step(op, V, Ua, P_in, lam), _half_step(opT, U, Va, P_out, lam)
-    for _ in range(iters):
-        if start == "v":
-            V = _half_step(opT, U, Va, P_out, lam)
-            U = _half_step(op, V, Ua, P_in, lam)
-        else:
-            U = _half_step(op, V, Ua, P_in, lam)
-            V = _half_step(opT, U, Va, P_out, lam)
+    U, V = _als(
+        op, U, V, Ua, Va, lam, iters, start,
+        v_step=lambda opT, W, anchor, lam_: _half_step(opT, W, anchor, P_out, lam_),
+        u_step=lambda op_, W, anchor, lam_: _half_step(op_, W, anchor, P_in, lam_),
+    )
     return _cast(U, out_dtype), _cast(V, out_dtype)
 
 
