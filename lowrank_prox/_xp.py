@@ -99,7 +99,17 @@ def _rel_pivot_ok(L, A, xp):
     scale = xp.max(xp.abs(dA))
     if not bool(scale > 0):
         return False
-    return bool(xp.min(dL) ** 2 > 10 * A.shape[0] * eps * scale)
+    return bool(xp.min(dL) ** 2 > _singular_rtol(A, xp) * scale)
+
+
+def _singular_rtol(A, xp):
+    """Relative size below which an eigenvalue of the r×r Gram counts as zero: ``eps^(3/4)``.
+
+    Solving with pivots just above rounding (``r·eps``) amplifies the rounding of a
+    rank-deficient Gram into the solution (seen with r = min(m, n) and a lower-rank target);
+    below this threshold the minimum-norm solution with the same cut is used instead.
+    """
+    return max(float(xp.finfo(A.dtype).eps) ** 0.75, 10 * A.shape[0] * float(xp.finfo(A.dtype).eps))
 
 
 def spd_solve_right(R, A):
@@ -145,4 +155,4 @@ def spd_solve_right(R, A):
             ok = False
         if ok:
             return xp.linalg.solve(A, R.mT).mT
-    return R @ xp.linalg.pinv(A)
+    return R @ xp.linalg.pinv(A, rtol=_singular_rtol(A, xp))
