@@ -95,7 +95,6 @@ def _rel_pivot_ok(L, A, xp):
     """True when Cholesky pivots are far enough from zero for a stable solve."""
     dL = xp.linalg.diagonal(L)
     dA = xp.linalg.diagonal(A)
-    eps = xp.finfo(A.dtype).eps
     scale = xp.max(xp.abs(dA))
     if not bool(scale > 0):
         return False

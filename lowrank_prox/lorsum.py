@@ -140,7 +140,9 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
         Ua, Va = U0, V0
     else:
         if not isinstance(anchor, tuple | list) or len(anchor) != 2:
-            raise TypeError(f"anchor must be None or a (U_a, V_a) pair; got {type(anchor).__name__}")
+            raise TypeError(
+                f"anchor must be None or a (U_a, V_a) pair; got {type(anchor).__name__}"
+            )
         Ua, Va = anchor
         _validate.check_array(Ua, "anchor[0]", ndim=2, shape=(m, r), finite=check_finite)
         _validate.check_array(Va, "anchor[1]", ndim=2, shape=(n, r), finite=check_finite)
