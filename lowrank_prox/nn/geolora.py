@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import _validate
+from .lora import wrap_linear
 
 __all__ = ["GeoLoRALinear"]
 
@@ -76,18 +77,7 @@ class GeoLoRALinear(nn.Module):
     @classmethod
     def from_linear(cls, linear, rank, **kwargs):
         """Wrap an ``nn.Linear``: its weight and bias become the frozen base (copied)."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be a torch.nn.Linear; got {type(linear).__name__}")
-        kwargs.setdefault("device", linear.weight.device)
-        kwargs.setdefault("dtype", linear.weight.dtype)
-        layer = cls(
-            linear.in_features, linear.out_features, rank, bias=linear.bias is not None, **kwargs
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return wrap_linear(cls, linear, rank, **kwargs)
 
     @property
     def rank(self):

@@ -90,18 +90,7 @@ class LoRALinear(nn.Module):
         The new layer has the linear's device and dtype unless ``kwargs`` say otherwise; with
         the default ``init="lora"`` its output equals the linear's at initialisation.
         """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be a torch.nn.Linear; got {type(linear).__name__}")
-        kwargs.setdefault("device", linear.weight.device)
-        kwargs.setdefault("dtype", linear.weight.dtype)
-        layer = cls(
-            linear.in_features, linear.out_features, rank, bias=linear.bias is not None, **kwargs
-        )
-        with torch.no_grad():
-            layer.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias)
-        return layer
+        return wrap_linear(cls, linear, rank, **kwargs)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_A), self.lora_B)
@@ -189,3 +178,24 @@ def _top_svd_factors(W, rank):
     U, s, Vh = torch.linalg.svd(W.detach().to(torch.float64), full_matrices=False)
     root = s[:rank].sqrt()
     return (U[:, :rank] * root).to(W.dtype), (Vh[:rank].mT * root).to(W.dtype)
+
+
+def wrap_linear(cls, linear, rank, **kwargs):
+    """Build ``cls(in, out, rank, bias=..., **kwargs)`` around an ``nn.Linear``, copying its
+    weight and bias into the frozen base; device and dtype default to the linear's.
+
+    The one implementation behind :meth:`LoRALinear.from_linear` and
+    :meth:`lowrank_prox.nn.GeoLoRALinear.from_linear`.
+    """
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"linear must be a torch.nn.Linear; got {type(linear).__name__}")
+    kwargs.setdefault("device", linear.weight.device)
+    kwargs.setdefault("dtype", linear.weight.dtype)
+    layer = cls(
+        linear.in_features, linear.out_features, rank, bias=linear.bias is not None, **kwargs
+    )
+    with torch.no_grad():
+        layer.weight.copy_(linear.weight)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias)
+    return layer
