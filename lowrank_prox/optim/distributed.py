@@ -322,8 +322,8 @@ class _DataParallel:
             if int(col.max()) == 0:
                 continue
             sizes = [max(int(c) - 1, 0) for c in col]
-            if id(layer) in local:
-                X, D = local[id(layer)].X, local[id(layer)].Delta
+            if id(layer) in local:  # in the compute dtype: every worker sends the same dtype
+                X, D = (t.to(layer.dtype) for t in (local[id(layer)].X, local[id(layer)].Delta))
             else:
                 kw = {"dtype": layer.dtype, "device": layer.B.device}
                 X = torch.zeros(0, layer.in_features, **kw)
@@ -405,6 +405,11 @@ def data_parallel(
                        ("broadcast", broadcast)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
+    if getattr(optimizer, "_step_in_backward", False):
+        raise ValueError(
+            "data_parallel does not combine with step_in_backward (the step needs the global "
+            "batch's rows); got an optimizer stepping in backward"
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "data_parallel needs an initialised torch.distributed process group; call "
