@@ -264,6 +264,20 @@ class DistributedCapturedGradient(CapturedGradient):
     def shape(self):
         return (self.Delta_local.shape[1], self.X_local.shape[1])
 
+    def to(self, dtype):
+        """The same gradient with the local rows in ``dtype`` (no communication)."""
+        if self.X_local.dtype == dtype and self.Delta_local.dtype == dtype:
+            return self
+        out = DistributedCapturedGradient(self.X_local.to(dtype), self.Delta_local.to(dtype),
+                                          self._comm, self._sizes, self.scale)
+        if self._rows is not None:
+            out._rows = tuple(t.to(dtype) for t in self._rows)
+        return out
+
+    def isfinite(self):
+        """Whether this worker's rows are finite (the workers agree in ``synchronize``)."""
+        return bool(self.X_local.isfinite().all() and self.Delta_local.isfinite().all())
+
     def as_sum(self, coef=1.0, *, extra=()):
         """``extra + coef·G`` as a :class:`DistributedLowRankSum` (rows stay local).
 
