@@ -13,6 +13,7 @@ from ._base import (
     NonFiniteStepWarning,
     step_in_backward,
 )
+from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
@@ -29,5 +30,6 @@ __all__ = [
     "RPLoRA",
     "SVDLoRA",
     "ScaledPSILoRA",
+    "grad_norm_callback",
     "step_in_backward",
 ]
