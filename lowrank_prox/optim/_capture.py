@@ -57,6 +57,9 @@ class GradientCapture:
 
     Attributes
     ----------
+    enabled : bool
+        When False, forward calls are not captured (default True; the benchmark switches
+        between optimizers sharing one model with it).
     on_ready : callable or None
         Called with no argument after a gradient arrived when no live forward call of this
         layer still waits for one (used by ``step_in_backward``).
@@ -66,6 +69,7 @@ class GradientCapture:
         self.in_features = in_features
         self.out_features = out_features
         self.on_ready = None
+        self.enabled = True
         self._done = {}  # call id -> _Call with its Δ (strong: held until step / zero_grad)
         self._live = weakref.WeakValueDictionary()  # call id -> _Call whose graph is alive
         self._next_id = 0
@@ -81,7 +85,7 @@ class GradientCapture:
         self._handle = module.register_forward_hook(hook)
 
     def _on_forward(self, self_ref, args, output):
-        if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor)):
+        if not (self.enabled and torch.is_grad_enabled() and isinstance(output, torch.Tensor)):
             return
         if not output.requires_grad or not args:
             return
