@@ -1,7 +1,7 @@
 """Every ```python block of README.md and of the docs (docs/**/*.md) runs and prints what the
 text says it prints.
 
-How a block is checked (also in docs/contributing.md):
+How a block is checked (also in docs/contributing.md, for contributors):
 
 - The block must be followed, after blank lines only, by a ```text block: the output a reader
   should see.  Each non-empty line of that block must appear in the printed output, in order

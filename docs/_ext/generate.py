@@ -35,7 +35,7 @@ ROOT = DOCS.parent
 AUTO = DOCS / "auto"
 
 #: The public modules whose ``__all__`` the API reference lists.
-API_MODULES = ("lowrank_prox", "lowrank_prox.nn", "lowrank_prox.optim",
+API_MODULES = ("lowrank_prox", "lowrank_prox.metrics", "lowrank_prox.nn", "lowrank_prox.optim",
                "lowrank_prox.optim.distributed")
 
 _MD_SPECIAL = "\\`*_[]<>$|~{}"
