@@ -83,3 +83,15 @@ def test_verify_table_matches_analysis_verify(site):
 def test_markdown_escaping():
     assert generate.md_escape("a_b*c|d<e") == r"a\_b\*c\|d\<e"
     assert generate.md_table(["x"], [["1|2"]]).splitlines()[-1] == r"| 1\|2 |"
+
+
+def test_claims_table_from_any_row_list():
+    rows = [{"claim": "robust LR", "metric": {"mean": 0.5, "std": 0.1}, "verdict": "partly"},
+            {"claim": "b", "verdict": "holds", "reason": None}]
+    for data in (rows, {"rows": rows}, {"seconds": 1.0, "table": rows}):
+        table, count = generate.claims_table(data)
+        lines = table.splitlines()
+        assert count == 2 and lines[0] == "| claim | metric | verdict | reason |"
+        assert lines[2] == "| robust LR | mean=0.5; std=0.1 | partly |  |"
+    with pytest.raises(ValueError):
+        generate.claims_table({"seconds": 1.0})

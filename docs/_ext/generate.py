@@ -73,7 +73,9 @@ def _write(path, text):
 
 
 def _run_analysis(*args, timeout=600):
-    """``python -m analysis ARGS --json TMP`` in the repository root; the parsed JSON."""
+    """``python -m analysis ARGS --json TMP`` in the repository root; the parsed JSON.
+
+    Falls back to ``--json`` without a path, reading the JSON from stdout."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.json"
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -84,10 +86,19 @@ def _run_analysis(*args, timeout=600):
                               cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=timeout)
         seconds = time.perf_counter() - t0
-        if not out.exists():
+        if out.exists():
+            return json.loads(out.read_text()), seconds
+        # a report whose --json takes no path prints the JSON on stdout
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "analysis", *args, "--json"],
+                              cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        seconds = time.perf_counter() - t0
+        try:
+            return json.loads(proc.stdout), seconds
+        except json.JSONDecodeError:
             raise RuntimeError(f"python -m analysis {' '.join(args)} wrote no JSON "
-                               f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-        return json.loads(out.read_text()), seconds
+                               f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}") from None
 
 
 # -- pages --------------------------------------------------------------------------------
@@ -187,6 +198,33 @@ def verify_page():
     _write(AUTO / "verify.md", text)
 
 
+def _rows_of(data):
+    """The first list of dicts in a report's JSON: the list itself, or a value of its dict."""
+    if isinstance(data, list) and all(isinstance(r, dict) for r in data):
+        return data
+    if isinstance(data, dict):
+        for key in ("rows", "claims", *data):
+            value = data.get(key)
+            if isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+                return value
+    raise ValueError("no list of rows in the JSON")
+
+
+def _cell_value(value):
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={_cell_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_cell_value(v) for v in value)
+    return "" if value is None else _fmt(value)
+
+
+def claims_table(data):
+    """A pipe table of a claims report: one row per claim, one column per key (in order)."""
+    rows = _rows_of(data)
+    header = list(dict.fromkeys(k for r in rows for k in r))
+    return md_table(header, [[_cell_value(r.get(k)) for k in header] for r in rows]), len(rows)
+
+
 def claims_page():
     title = "# Claims of the paper\n\n"
     if not (ROOT / "analysis" / "claims.py").exists():
@@ -196,18 +234,15 @@ def claims_page():
         return
     try:
         data, seconds = _run_analysis("claims")
+        table, count = claims_table(data)
     except Exception as exc:  # noqa: BLE001 -- reported as a build warning
         logger.warning("claims table: %s", exc)
         _write(AUTO / "claims.md", title + "The table could not be built.\n")
         return
-    rows = data.get("rows", data.get("claims", [])) if isinstance(data, dict) else data
-    scalar = (str, int, float, bool, type(None))
-    header = [k for k in rows[0] if isinstance(rows[0][k], scalar)] if rows else []
-    text = (title + "Generated at build time by `python -m analysis claims --json` "
-            f"({len(rows)} claims, {seconds:.1f} s): one row per empirical claim of the paper, "
-            "our experiment, the measured metric and the verdict.\n\n"
-            + md_table(header, [[_fmt(r.get(k, "")) for k in header] for r in rows]))
-    _write(AUTO / "claims.md", text)
+    _write(AUTO / "claims.md", title + "Generated at build time by "
+           f"`python -m analysis claims --json` ({count} claims, {seconds:.1f} s): one row per "
+           "empirical claim of the paper, our experiment, the measured metric and the "
+           "verdict.\n\n" + table)
 
 
 def generate(app, config):
