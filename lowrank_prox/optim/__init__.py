@@ -8,6 +8,7 @@ LoRA and full fine-tuning use ``torch.optim`` directly.
 
 from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
 from .baselines import RPLoRA, SVDLoRA
+from .fista import PSILoRAFISTA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
 from .scaled import ScaledPSILoRA
@@ -19,6 +20,7 @@ __all__ = [
     "LoRAOptimizer",
     "NonFiniteStepWarning",
     "PSILoRA",
+    "PSILoRAFISTA",
     "ProjPSILoRA",
     "RPLoRA",
     "SVDLoRA",
