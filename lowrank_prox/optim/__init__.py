@@ -25,6 +25,7 @@ from ._base import (
 )
 from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
+from .fista import PSILoRAFISTA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
 from .scaled import ScaledPSILoRA
@@ -36,6 +37,7 @@ __all__ = [
     "LoRAOptimizer",
     "NonFiniteStepWarning",
     "PSILoRA",
+    "PSILoRAFISTA",
     "ProjPSILoRA",
     "RPLoRA",
     "SVDLoRA",
