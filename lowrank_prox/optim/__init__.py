@@ -7,6 +7,7 @@ LoRA and full fine-tuning use ``torch.optim`` directly.
 """
 
 from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
+from ._diagnostics import SubspaceDiagnostics, trainer_callback
 from .baselines import RPLoRA, SVDLoRA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
@@ -23,4 +24,6 @@ __all__ = [
     "RPLoRA",
     "SVDLoRA",
     "ScaledPSILoRA",
+    "SubspaceDiagnostics",
+    "trainer_callback",
 ]
