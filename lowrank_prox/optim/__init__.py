@@ -6,8 +6,15 @@ base :class:`LoRAOptimizer` (``lowrank_prox/optim/_base.py`` says how to subclas
 LoRA and full fine-tuning use ``torch.optim`` directly.
 """
 
-from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
+from ._base import (
+    CapturedGradient,
+    LoRALayer,
+    LoRAOptimizer,
+    NonFiniteStepWarning,
+    step_in_backward,
+)
 from ._diagnostics import SubspaceDiagnostics, trainer_callback
+from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
@@ -25,5 +32,7 @@ __all__ = [
     "SVDLoRA",
     "ScaledPSILoRA",
     "SubspaceDiagnostics",
+    "grad_norm_callback",
+    "step_in_backward",
     "trainer_callback",
 ]
