@@ -13,17 +13,32 @@ one iteration (V-step then U-step) is one step of block power iteration on ``YY�
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import _validate, _xp
 from .factored import LowRankSum, as_operator
+from .geometry import principal_angles
 
 __all__ = ["LorsumHistory", "lorsum", "lorsum_history", "lorsum_objective"]
 
 
-def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_finite=True):
+def lorsum(
+    target,
+    U0,
+    V0,
+    *,
+    iters=1,
+    ridge=0.0,
+    anchor=None,
+    start="v",
+    tol=1e-6,
+    max_iters=100,
+    stop="subspace",
+    check_finite=True,
+):
     """Approximate Π_r(Y) by ``iters`` warm-started alternating ridge solves (SPEC §3, §4).
 
     Parameters
@@ -33,10 +48,11 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
     U0 : array of shape (m, r)
     V0 : array of shape (n, r)
         Warm start, ``Y ≈ U0 V0ᵀ``; ``1 <= r <= min(m, n)``.
-    iters : int, default 1
+    iters : int or "auto", default 1
         Number of alternating iterations; one iteration is a V-step then a U-step
-        (the reverse with ``start="u"``).  ``iters=0`` is the *Jacobi* step: both factors are
-        solved from the old point, ``V₊ = (λV_a + YᵀU0)(U0ᵀU0 + λI)⁻¹`` and
+        (the reverse with ``start="u"``).  ``"auto"`` iterates until the ``stop`` test passes
+        ``tol``, at most ``max_iters`` times (see Notes).  ``iters=0`` is the *Jacobi* step:
+        both factors are solved from the old point, ``V₊ = (λV_a + YᵀU0)(U0ᵀU0 + λI)⁻¹`` and
         ``U₊ = (λU_a + Y V0)(V0ᵀV0 + λI)⁻¹``.  For ``Y = U0V0ᵀ − ηG`` anchored at the start this
         is ScaledGD (λ = 0) or RPLoRA/PrecGD (λ > 0), SPEC §5.  Unlike an alternating step it
         may increase the objective.
@@ -46,6 +62,16 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
         Proximal anchor, default ``(U0, V0)``.
     start : {"v", "u"}
         Which factor the first half-step updates.
+    tol : float, default 1e-6
+        Tolerance of ``iters="auto"`` (ignored otherwise).  ``tol=0`` never stops early, so
+        the result is exactly that of ``iters=max_iters``.
+    max_iters : int, default 100
+        Cap on the iterations of ``iters="auto"``.
+    stop : {"subspace", "objective"}, default "subspace"
+        Stopping test of ``iters="auto"``, checked after every full iteration k ≥ 1:
+        ``"subspace"`` stops when ``sin θ_max(span F_k, span F_{k−1}) < tol`` for the factor
+        ``F`` updated last (``U`` with ``start="v"``; ``F_0`` is the warm start);
+        ``"objective"`` stops when the objective decrease ``f_{k−1} − f_k < tol · f_{k−1}``.
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs.
 
@@ -62,11 +88,19 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
     ``U0 = 0``) falls back to the minimum-norm solution, which is still an exact block
     minimiser, so the result is finite (zero factors in that example).  Cost per iteration
     ``O(r(m + n)(r + Σ r_i) + r³)``; no m×n matrix and no SVD.
+
+    ``iters="auto"``: by Theorem 3.1 (SPEC §4, λ = 0) ``tan θ_k ≈ ρ^{2k} tan θ_0`` with
+    ``ρ = σ_{r+1}/σ_r``, so the subspace change between iterations is
+    ``≈ (1 − ρ²) tan θ_{k−1}`` and the angle left after stopping is about
+    ``ρ²/(1 − ρ²) · tol``.  Each test costs two thin QRs and two r×r SVDs (``"subspace"``)
+    or one product with ``Y`` (``"objective"``), never an m×n matrix.  The iteration count
+    actually spent is ``lorsum_history(...).n_iter``.
     """
     op, U, V, Ua, Va, lam, iters, start, out_dtype = _lorsum_iv(
         target, U0, V0, iters, ridge, anchor, start, check_finite
     )
-    U, V = _als(op, U, V, Ua, Va, lam, iters, start)
+    iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
+    U, V = _als(op, U, V, Ua, Va, lam, iters, start, until=until)
     return _cast(U, out_dtype), _cast(V, out_dtype)
 
 
@@ -85,9 +119,25 @@ class LorsumHistory:
     steps: tuple
     iterates: list | None = field(default=None, repr=False)
 
+    @property
+    def n_iter(self):
+        """Full iterations run (0 for the Jacobi step): what ``iters="auto"`` spent."""
+        return (len(self.steps) - 1) // 2
+
 
 def lorsum_history(
-    target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", keep_iterates=False
+    target,
+    U0,
+    V0,
+    *,
+    iters=1,
+    ridge=0.0,
+    anchor=None,
+    start="v",
+    tol=1e-6,
+    max_iters=100,
+    stop="subspace",
+    keep_iterates=False,
 ):
     """Run :func:`lorsum` and record the objective after every half-step (SPEC §3).
 
@@ -105,8 +155,9 @@ def lorsum_history(
         if keep_iterates:
             iterates.append((_cast(U_, out_dtype), _cast(V_, out_dtype)))
 
+    iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
     record("init", U, V)
-    U, V = _als(op, U, V, Ua, Va, lam, iters, start, callback=record)
+    U, V = _als(op, U, V, Ua, Va, lam, iters, start, callback=record, until=until)
     return LorsumHistory(
         U=_cast(U, out_dtype),
         V=_cast(V, out_dtype),
@@ -146,7 +197,8 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
         Ua, Va = anchor
         _validate.check_array(Ua, "anchor[0]", ndim=2, shape=(m, r), finite=check_finite)
         _validate.check_array(Va, "anchor[1]", ndim=2, shape=(n, r), finite=check_finite)
-    iters = _validate.check_int(iters, "iters", low=0)
+    if not (isinstance(iters, str) and iters == "auto"):
+        iters = _validate.check_int(iters, "iters", low=0)
     lam = _validate.check_real(ridge, "ridge", low=0.0)
     _validate.check_choice(start, "start", ("v", "u"))
 
@@ -160,6 +212,37 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
     op = op.astype(work)
     U0, V0, Ua, Va = (_cast(a, work) for a in (U0, V0, Ua, Va))
     return op, U0, V0, Ua, Va, lam, iters, start, out_dtype
+
+
+def _auto_iv(op, U0, V0, Ua, Va, lam, iters, start, tol, max_iters, stop):
+    """``(iteration cap, stopping test or None)`` for ``iters`` (an int or ``"auto"``)."""
+    if iters != "auto":
+        return iters, None
+    tol = _validate.check_real(tol, "tol", low=0.0)
+    max_iters = _validate.check_int(max_iters, "max_iters", low=1)
+    _validate.check_choice(stop, "stop", ("subspace", "objective"))
+    if tol == 0:
+        return max_iters, None
+    if stop == "objective":
+        prev = [_objective(op, U0, V0, Ua, Va, lam)]
+
+        def until(U, V):
+            f = _objective(op, U, V, Ua, Va, lam)
+            done = prev[0] - f < tol * prev[0]
+            prev[0] = f
+            return done
+
+        return max_iters, until
+
+    last = [U0 if start == "v" else V0]
+
+    def until(U, V):
+        F = U if start == "v" else V
+        sin = math.sin(float(principal_angles(F, last[0])[0]))
+        last[0] = F
+        return sin < tol
+
+    return max_iters, until
 
 
 def _cast(a, dtype):
@@ -180,11 +263,14 @@ def _half_step(op, W, anchor, lam):
     return _xp.spd_solve_right(R, gram)
 
 
-def _als(op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_step=None):
+def _als(
+    op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_step=None, until=None
+):
     """The one ALS loop behind lorsum, lorsum_history, scaled_lorsum and the optimizers (SPEC §3).
 
     ``v_step(opT, U, Va, lam)`` and ``u_step(op, V, Ua, lam)`` are the exact block minimisers;
     the default is the unscaled :func:`_half_step` (scaled LoRSum passes metric-weighted ones).
+    ``until(U, V)``, if given, is asked after every full iteration and ends the loop early.
     """
     v_step = v_step or _half_step
     u_step = u_step or _half_step
@@ -205,6 +291,8 @@ def _als(op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_s
             else:
                 U = u_step(op, V, Ua, lam)
             report(side)
+        if until is not None and until(U, V):
+            break
     return U, V
 
 

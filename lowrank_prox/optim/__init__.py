@@ -23,6 +23,7 @@ from ._base import (
     NonFiniteStepWarning,
     step_in_backward,
 )
+from ._diagnostics import SubspaceDiagnostics, trainer_callback
 from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
 from .fista import PSILoRAFISTA
@@ -42,6 +43,8 @@ __all__ = [
     "RPLoRA",
     "SVDLoRA",
     "ScaledPSILoRA",
+    "SubspaceDiagnostics",
     "grad_norm_callback",
     "step_in_backward",
+    "trainer_callback",
 ]

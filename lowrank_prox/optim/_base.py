@@ -339,6 +339,15 @@ class LoRAOptimizer(torch.optim.Optimizer):
         """Return ``((U_new, V_new), new_state)`` for one layer; see the module docstring."""
         raise NotImplementedError
 
+    #: Per-layer convergence recorder (:class:`lowrank_prox.optim.SubspaceDiagnostics`) or
+    #: ``None`` (off: :meth:`_diagnose` is one attribute test).
+    diagnostics = None
+
+    def _diagnose(self, layer, call, target, start, result, **info):
+        """Hand one LoRSum call (target, warm start, result) to :attr:`diagnostics`, if set."""
+        if self.diagnostics is not None:
+            self.diagnostics.record(layer, call, target, start, result, **info)
+
     def _ridge(self, group):
         """The proximal weight λ = η·λ0 of this step (SPEC §3), following the scheduled lr."""
         return group["lr"] * group["ridge"]

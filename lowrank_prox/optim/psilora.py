@@ -79,6 +79,11 @@ class PSILoRA(LoRAOptimizer):
     other_optimizer, other_momentum, other_dampening
         Optimizer of the other trainable parameters; by default SGD with ``lr``, ``momentum``
         and ``dampening``.
+    diagnostics : bool or SubspaceDiagnostics, default False
+        Record, per layer and step, how close each LoRSum call (step and momentum) came to
+        Π_r of its target next to Theorem 3.1's prediction
+        (:class:`lowrank_prox.optim.SubspaceDiagnostics`, then ``optimizer.diagnostics``).
+        Off by default and then free.
 
     Notes
     -----
@@ -110,6 +115,7 @@ class PSILoRA(LoRAOptimizer):
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        diagnostics=False,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
         options = check_options(use_momentum_residual, residual_rank, momentum, quartic_kernel,
@@ -139,6 +145,10 @@ class PSILoRA(LoRAOptimizer):
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
+        if diagnostics is not False:
+            from ._diagnostics import SubspaceDiagnostics
+
+            SubspaceDiagnostics.attach_to(self, diagnostics)
 
     def _init_layer_state(self, layer, group):
         state = {"step": 0}
@@ -166,7 +176,10 @@ class PSILoRA(LoRAOptimizer):
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
         U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), check_finite=False)
         U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
-        new_state = {**state, "step": state["step"] + 1}
+        step = state["step"] + 1
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K,
+                       ridge=self._ridge(group), step=step)
+        new_state = {**state, "step": step}
         if has_momentum:
             lam_M = lr * group["momentum_ridge"]
             residual = "residual_U" in state  # use_momentum_residual
@@ -176,10 +189,12 @@ class PSILoRA(LoRAOptimizer):
             # With λ = 0 a V-step from M_U = 0 has no information (pinv of a zero Gram gives
             # M_V = 0 for good): start the first call with the U-step, the range finder.
             start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
-            M_U, M_V = lorsum(
-                grad.as_sum(1.0 - d, extra=extra), M_U, M_V,
-                iters=max(K, 1), ridge=lam_M, start=start, check_finite=False,
-            )
+            target_M = grad.as_sum(1.0 - d, extra=extra)
+            M_U1, M_V1 = lorsum(target_M, M_U, M_V, iters=max(K, 1), ridge=lam_M, start=start,
+                                check_finite=False)
+            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
+                           iters=max(K, 1), ridge=lam_M, side=start, step=step)
+            M_U, M_V = M_U1, M_V1
             if residual:
                 new_state.update(residual_update(grad, state, mu, d, (M_U, M_V), K, lam_M))
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
