@@ -81,11 +81,15 @@ class Method:
 @dataclass
 class LinearRun:
     """Per-epoch numbers of one run: ``excess[0]`` is at initialisation, ``excess[e]`` after
-    epoch ``e``; ``f_opt = Σ_{i>r} σ_i(W*)²``; ``seconds`` is the wall time of the training."""
+    epoch ``e``; ``f_opt = Σ_{i>r} σ_i(W*)²``; ``seconds`` is the wall time of the training.
+    ``imbalance[e]`` is the momentum factors' ``‖M_U‖/‖M_V‖`` after epoch ``e`` (``None`` for
+    an optimizer without low-rank momentum); ``adapter_imbalance`` is ``‖U‖/‖V‖``."""
 
     excess: np.ndarray
     f_opt: float
     seconds: float
+    imbalance: np.ndarray | None = None
+    adapter_imbalance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -152,24 +156,52 @@ def excess_loss(model, data):
         return float(((W - data.Y_r) ** 2).sum() - 2.0 * (W * data.Y_tail).sum())
 
 
-def run_linear(config, make_optimizer, seed=0, *, make_model=None):
+def _momentum_imbalance(opt):
+    """``‖M_U‖/‖M_V‖`` of the first LoRA layer's momentum, or None without one."""
+    state = getattr(opt, "state", {})
+    for st in state.values():
+        if isinstance(st, dict) and "momentum_U" in st:
+            return float(st["momentum_U"].norm() / st["momentum_V"].norm())
+    return None
+
+
+def _adapter_imbalance(model):
+    if not hasattr(model, "lora_A"):
+        return None
+    return float(model.lora_B.detach().norm() / model.lora_A.detach().norm())
+
+
+def run_linear(config, make_optimizer, seed=0, *, make_model=None, target_scale=1.0):
     """Train one model on the linear task; return a :class:`LinearRun` (per-epoch excess).
 
     ``make_optimizer(model)`` builds the optimizer; the loop is
     ``zero_grad(); loss.backward(); step()`` with the sum-reduced MSE of each mini-batch.
     Batches are drawn by a generator seeded with ``seed`` (full batch: no shuffling).
+    ``target_scale`` multiplies the targets ``W*`` and the initial adapter (so the problem is
+    the same up to scale; the excess is reported divided by ``target_scale²``, so runs at
+    different scales are directly comparable).
     """
     if not isinstance(config, LinearTaskConfig):
         raise TypeError(f"config must be a LinearTaskConfig; got {type(config).__name__}")
     seed = _validate.check_int(seed, "seed", low=0)
+    c = _validate.check_real(target_scale, "target_scale", low=0.0, low_open=True)
     data = make_data(config, seed)
+    if c != 1.0:
+        data = LinearData(X=data.X, Y=c * data.Y, Y_r=c * data.Y_r, Y_tail=c * data.Y_tail,
+                          f_opt=c * c * data.f_opt)
     X, Y = data.X, data.Y
     model = (make_model or build_model)(config, seed)
+    if c != 1.0:
+        with torch.no_grad():
+            for p in (model.lora_A, model.lora_B):
+                p.mul_(c ** 0.5)
     opt = make_optimizer(model)
     gen = torch.Generator().manual_seed(seed)
     n = config.d_in
     bs = n if config.batch_size is None else min(config.batch_size, n)
-    excess = [excess_loss(model, data)]
+    excess = [excess_loss(model, data) / c**2]
+    imbalance = [_momentum_imbalance(opt)]
+    adapter = [_adapter_imbalance(model)]
     start = time.perf_counter()
     for _ in range(config.epochs):
         order = torch.arange(n) if bs == n else torch.randperm(n, generator=gen)
@@ -179,11 +211,17 @@ def run_linear(config, make_optimizer, seed=0, *, make_model=None):
             loss = ((model(X[idx]) - Y[idx]) ** 2).sum()
             loss.backward()
             opt.step()
-        excess.append(excess_loss(model, data))
+        excess.append(excess_loss(model, data) / c**2)
+        imbalance.append(_momentum_imbalance(opt))
+        adapter.append(_adapter_imbalance(model))
     seconds = time.perf_counter() - start
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
-    return LinearRun(excess=np.asarray(excess), f_opt=data.f_opt, seconds=seconds)
+    return LinearRun(
+        excess=np.asarray(excess), f_opt=data.f_opt / c**2, seconds=seconds,
+        imbalance=None if imbalance[-1] is None else np.asarray(imbalance, dtype=float),
+        adapter_imbalance=None if adapter[-1] is None else np.asarray(adapter, dtype=float),
+    )
 
 
 def run_method(config, method, seeds=(0, 1, 2, 3, 4)):
