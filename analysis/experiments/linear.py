@@ -28,8 +28,10 @@ from torch import nn
 from lowrank_prox import _validate
 from lowrank_prox.nn import LoRALinear
 from lowrank_prox.optim import ProjPSILoRA, PSILoRA, RPLoRA, SVDLoRA
+from lowrank_prox.optim.psilora import DEFAULT_BALANCE
 
 __all__ = [
+    "DIAGNOSTIC",
     "LinearTaskConfig",
     "LinearData",
     "LinearRun",
@@ -40,6 +42,7 @@ __all__ = [
     "paper_methods",
     "run_linear",
     "run_method",
+    "VARIANTS",
 ]
 
 
@@ -236,19 +239,34 @@ def _lora_params(model):
     return [model.lora_A, model.lora_B]
 
 
-def paper_methods(setting, *, momentum_ranks=(1,)):
+#: The two PSI-LoRA variants of the mini-batch figures (issue 15): the authors' code (no
+#: balancing, their 1e-6 jitter on every Gram solve) and this project's default (the momentum
+#: pair balanced after each momentum LoRSum, no jitter).
+VARIANTS = {
+    "as published (unbalanced)": {"balance": "none", "gram_jitter": 1e-6},
+    "balanced": {"balance": DEFAULT_BALANCE, "gram_jitter": 0.0},
+}
+#: The published algorithm without the authors' jitter (the late divergence of issue 15).
+DIAGNOSTIC = ("unbalanced, no jitter", {"balance": "none", "gram_jitter": 0.0})
+
+
+def paper_methods(setting, *, momentum_ranks=(1,), variants=tuple(VARIANTS), diagnostics=False):
     """The labelled methods of the paper's runs (paper.md §9.1 tables, §9.2).
 
     ``setting`` is ``"fullbatch"`` (lr 0.5, no momentum), ``"minibatch"`` (batch 64, momentum
     0.75) or ``"momentum_rank"`` (SVDLoRA and PSI-LoRA ×{1, 2, 8} with
     ``r_M = r × momentum_ranks``).  λ0 = 1e-3 for PSI-LoRA and RPLoRA; AdamW has
-    betas (0.9, 0.999) and weight decay 1e-4.
+    betas (0.9, 0.999) and weight decay 1e-4.  With momentum, each PSI-LoRA ×K appears once
+    per entry of ``variants`` (keys of :data:`VARIANTS`), labelled ``"PSI-LoRA x1, balanced"``
+    etc.; ``diagnostics=True`` adds PSI-LoRA ×1 in the :data:`DIAGNOSTIC` setting.
     """
     _validate.check_choice(setting, "setting", ("fullbatch", "minibatch", "momentum_rank"))
+    for v in variants:
+        _validate.check_choice(v, "variants[i]", tuple(VARIANTS))
     wd = 1e-4
 
     def M(label, fn, **settings):
-        return Method(label, fn, settings={"method": label.split(" rM=")[0], **settings})
+        return Method(label, fn, settings={"method": label, **settings})
 
     if setting == "fullbatch":
         methods = [
@@ -265,6 +283,16 @@ def paper_methods(setting, *, momentum_ranks=(1,)):
                              lambda m, K=K: PSILoRA(m, 0.5, iters=K, ridge=1e-3), lr=0.5, iters=K))
         return methods
     mu = 0.75
+    runs = [(v, VARIANTS[v]) for v in variants]
+
+    def psi(K, mult, name, kw):
+        rank = "" if mult is None else f" rM={'' if mult == 1 else mult}r"
+        label = f"PSI-LoRA x{K}{rank}, {name}"
+        return Method(label, lambda m: PSILoRA(
+            m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=(mult or 1) * m.rank, **kw),
+            settings={"method": f"PSI-LoRA x{K}", "lr": 0.1, "iters": K,
+                      "momentum_rank_mult": mult or 1, **kw})
+
     if setting == "minibatch":
         methods = [
             M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1),
@@ -276,21 +304,16 @@ def paper_methods(setting, *, momentum_ranks=(1,)):
             M("RPLoRA AdamW", lambda m: RPLoRA(m, 0.05, ridge=1e-3, optimizer="adamw",
                                                weight_decay=wd), lr=0.05),
         ]
-        for K in (1, 2, 8):
-            methods.append(M(f"PSI-LoRA x{K}", lambda m, K=K: PSILoRA(
-                m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K,
-                momentum_rank_mult=1))
+        methods += [psi(K, None, name, kw) for name, kw in runs for K in (1, 2, 8)]
         for K in (1, 2, 8):
             methods.append(M(f"Proj. PSI-LoRA x{K}", lambda m, K=K: ProjPSILoRA(
                 m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K))
-        return methods
-    methods = [M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1)]
-    for K in (1, 2, 8):
-        for mult in momentum_ranks:
-            label = f"PSI-LoRA x{K} rM={'' if mult == 1 else mult}r"
-            methods.append(M(label, lambda m, K=K, mult=mult: PSILoRA(
-                m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=mult * m.rank),
-                lr=0.1, iters=K, momentum_rank_mult=mult))
+    else:
+        methods = [M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1)]
+        methods += [psi(K, mult, name, kw) for name, kw in runs for K in (1, 2, 8)
+                    for mult in momentum_ranks]
+    if diagnostics:
+        methods.append(psi(1, None, *DIAGNOSTIC))
     return methods
 
 

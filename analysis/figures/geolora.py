@@ -476,7 +476,6 @@ def _geolora_linear_model(config, seed):
 
 def _linear_task_methods():
     from analysis.experiments.linear import Method, paper_methods
-
     from lowrank_prox.optim import GeoLoRA
 
     keep = ("SVDLoRA", "PSI-LoRA x1", "PSI-LoRA x8")
