@@ -6,7 +6,14 @@ base :class:`LoRAOptimizer` (``lowrank_prox/optim/_base.py`` says how to subclas
 LoRA and full fine-tuning use ``torch.optim`` directly.
 """
 
-from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
+from ._base import (
+    CapturedGradient,
+    LoRALayer,
+    LoRAOptimizer,
+    NonFiniteStepWarning,
+    step_in_backward,
+)
+from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
@@ -23,4 +30,6 @@ __all__ = [
     "RPLoRA",
     "SVDLoRA",
     "ScaledPSILoRA",
+    "grad_norm_callback",
+    "step_in_backward",
 ]
