@@ -43,6 +43,8 @@ __all__ = [
     "run_rates",
     "run_ridge",
     "run_special_cases",
+    "GaugeConfig",
+    "run_gauge",
     "run_warm_start",
     "tan_max_angle",
 ]
@@ -903,3 +905,119 @@ def run_auto_linear(cfg=AutoLinearConfig()):
                      "iterations": spent, "mean_K": spent / cfg.epochs,
                      "excess": excess, "rel_excess": excess / floor})
     return {"rows": rows, "floor": floor}
+
+
+# -- gauge (issue 15: balanced LoRSum) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GaugeConfig:
+    """Gauge checks on ``Y = U_tV_tᵀ − ηG`` (as :class:`RidgeConfig`).
+
+    ``gauge_conds``: condition numbers of the gauge ``D`` (``U → UD``, ``V → VD⁻ᵀ``) applied to
+    the start; ``lambdas`` for the ridge rows; ``tries`` random gauges for the minimum-norm
+    check; ``iters`` steps of the balanced ridge iterations.
+    """
+
+    m: int = 60
+    n: int = 40
+    rank: int = 4
+    batch: int = 8
+    eta: float = 0.3
+    als_iters: int = 3
+    gauge_conds: tuple = (1e1, 1e3)
+    lambdas: tuple = (1e-4, 1e-3, 1e-2, 1e-1)
+    tries: int = 100
+    iters: int = 300
+    seed: int = 5
+
+
+def _gauge(rng, r, cond):
+    Q1, _ = np.linalg.qr(rng.standard_normal((r, r)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((r, r)))
+    return (Q1 * np.geomspace(1.0, cond, r)) @ Q2
+
+
+def run_gauge(cfg=GaugeConfig()):
+    """The gauge ``(U, V) → (UD, VD⁻ᵀ)`` and LoRSum (issue 15; :mod:`lowrank_prox.gauge`).
+
+    - ``invariance``: per (λ, cond D), ``‖W(UD, VD⁻ᵀ) − W(U, V)‖/‖W(U, V)‖`` after ``als_iters``
+      LoRSum iterations anchored at the start (λ = 0 and the ``lambdas``);
+    - ``min_norm``: over ``tries`` random gauges (cond 1–1e3) and small perturbations of the
+      balanced pair, ``min (‖UD‖² + ‖VD⁻ᵀ‖²)/(2‖UVᵀ‖_*)`` (≥ 1) and the balanced pair's value;
+    - ``fixed``: per λ, the distance to Π_r(Y) of (a) the balanced ridge iteration with the
+      anchor fixed at the start, ``(U, V) ← balance(LoRSum_1(Y; anchor (U_t, V_t)))`` and
+      the same without balancing (:func:`run_ridge`'s fixed point), (b) the balanced proximal
+      iteration of the optimizers, anchor = the current point, and its log-log slopes.
+    """
+    from lowrank_prox.gauge import balance
+
+    rng = np.random.default_rng(cfg.seed)
+    m, n, r = cfg.m, cfg.n, cfg.rank
+    sw = 1.0 + 0.5 * np.arange(r)[::-1]
+    Qu, _ = np.linalg.qr(rng.standard_normal((m, r)))
+    Qv, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    Ut, Vt = Qu * np.sqrt(sw), Qv * np.sqrt(sw)
+    Dt = rng.standard_normal((m, cfg.batch))
+    X = rng.standard_normal((n, cfg.batch))
+    Dt = Dt / float(np.linalg.norm(Dt @ X.T, 2))
+    Y = lp.LowRankSum([(1.0, Ut, Vt), (-cfg.eta, Dt, X)])
+    Us, ss, Vhs = lp.truncated_svd(Y, r)
+    P = (Us * ss) @ Vhs
+    nP = float(np.linalg.norm(P))
+
+    invariance = []
+    for lam in (0.0, *cfg.lambdas):
+        for cond in cfg.gauge_conds:
+            D = _gauge(rng, r, cond)
+            U0, V0 = lp.lorsum(Y, Ut, Vt, iters=cfg.als_iters, ridge=lam)
+            U1, V1 = lp.lorsum(Y, Ut @ D, Vt @ np.linalg.inv(D).T, iters=cfg.als_iters,
+                               ridge=lam)
+            W0 = U0 @ V0.T
+            invariance.append({"lambda": lam, "cond": cond,
+                               "rel_diff": float(np.linalg.norm(U1 @ V1.T - W0)
+                                                 / np.linalg.norm(W0))})
+
+    U, V = Ut @ _gauge(rng, r, 30.0), None
+    V = (Ut @ Vt.T).T @ np.linalg.pinv(U).T  # same product, unbalanced pair
+    nuc = float(np.linalg.svd(U @ V.T, compute_uv=False).sum())
+    Ub, Vb, _ = balance(U, V)
+    balanced_ratio = float(((Ub**2).sum() + (Vb**2).sum()) / (2 * nuc))
+    ratios = []
+    for j in range(cfg.tries):
+        if j % 2:
+            D = _gauge(rng, r, 10 ** rng.uniform(0, 3))
+            A, B = U @ D, V @ np.linalg.inv(D).T
+        else:  # near the balanced pair
+            D = np.eye(r) + 1e-3 * rng.standard_normal((r, r))
+            A, B = Ub @ D, Vb @ np.linalg.inv(D).T
+        ratios.append(float(((A**2).sum() + (B**2).sum()) / (2 * nuc)))
+
+    rows = []
+    for lam in cfg.lambdas:
+        Ua, Va = Ut, Vt
+        Ub_, Vb_ = Ut, Vt
+        Up, Vp = Ut, Vt
+        for _ in range(cfg.iters):
+            Ua, Va = lp.lorsum(Y, Ua, Va, iters=1, ridge=lam, anchor=(Ut, Vt))
+            Ub_, Vb_, _ = lp.lorsum(Y, Ub_, Vb_, iters=1, ridge=lam, anchor=(Ut, Vt),
+                                    balance=True)
+            Up, Vp, _ = lp.lorsum(Y, Up, Vp, iters=1, ridge=lam, balance=True)
+        rows.append({
+            "lambda": lam,
+            "fixed_dist": float(np.linalg.norm(Ua @ Va.T - P) / nP),
+            "balanced_fixed_dist": float(np.linalg.norm(Ub_ @ Vb_.T - P) / nP),
+            "prox_dist": float(np.linalg.norm(Up @ Vp.T - P) / nP),
+        })
+    lams = np.array(cfg.lambdas)
+    return {
+        "invariance": invariance,
+        "balanced_ratio": balanced_ratio,
+        "min_ratio": float(min(ratios)),
+        "rows": rows,
+        "fixed_slope": loglog_slope(lams, [row["fixed_dist"] for row in rows]),
+        "balanced_fixed_slope": loglog_slope(lams, [row["balanced_fixed_dist"] for row in rows]),
+        "balanced_fixed_coef": float(np.median([row["balanced_fixed_dist"] / row["lambda"]
+                                                for row in rows])),
+        "max_prox_dist": float(max(row["prox_dist"] for row in rows)),
+    }

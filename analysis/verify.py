@@ -157,6 +157,49 @@ def collect():
         add(claim, f"{sdims}, {etas}", "remainder slope 2", f"slope {slope:.3f}",
             abs(slope - 2) <= SLOPE_TOL, slope=slope)
     _convergence_rows(add)
+    rows += gauge_rows()
+    return rows
+
+
+def gauge_rows():
+    """Rows of the gauge checks (issue 15; :func:`analysis.theory.run_gauge`)."""
+    rows = []
+
+    def add(claim, setting, predicted, measured, holds, **values):
+        rows.append(Row(claim, setting, predicted, measured, bool(holds), values))
+
+    gc = T.GaugeConfig()
+    g = T.run_gauge(gc)
+    dims = f"{gc.m}x{gc.n}, r={gc.rank}, K={gc.als_iters}"
+    inv0 = [row for row in g["invariance"] if row["lambda"] == 0]
+    # rounding of a start with cond(D) = κ is amplified ~κ: allow 100·eps·κ
+    ok0 = all(row["rel_diff"] <= 100 * T.EPS * row["cond"] for row in inv0)
+    add("Gauge: ALS product invariant at lam=0", f"{dims}, cond D "
+        + "/".join(f"{c:g}" for c in gc.gauge_conds), "diff <= 100 eps cond(D)",
+        ", ".join(f"{_g(row['rel_diff'], 2)}" for row in inv0), ok0,
+        rel_diff=[row["rel_diff"] for row in inv0])
+    inv = [row for row in g["invariance"] if row["lambda"] > 0]
+    least = min(row["rel_diff"] for row in inv)
+    add("Gauge: ...and NOT invariant at lam>0", f"lam {gc.lambdas[0]:g}-{gc.lambdas[-1]:g}, "
+        "same D", "rel diff >> rounding (measured)",
+        f"{_g(least, 2)}-{_g(max(row['rel_diff'] for row in inv), 2)}", least >= 1e-6,
+        rel_diff={f"{row['lambda']:g}/{row['cond']:g}": row["rel_diff"] for row in inv})
+    add("Gauge: balanced pair minimises |U|^2+|V|^2", f"{gc.tries} gauges, cond 1-1e3 and "
+        "near-balanced", "balanced = 2|UV^T|_* <= every other",
+        f"balanced/2|X|_* {g['balanced_ratio']:.15f}, min other {g['min_ratio']:.9f}",
+        abs(g["balanced_ratio"] - 1) <= ROUNDING and g["min_ratio"] >= 1 - ROUNDING,
+        balanced_ratio=g["balanced_ratio"], min_ratio=g["min_ratio"])
+    add("Gauge (finding): balanced ridge fixed pt", f"anchor fixed, {gc.iters} iters, lam "
+        f"{gc.lambdas[0]:g}-{gc.lambdas[-1]:g}", "dist to Pi_r(Y) = O(lam), slope 1",
+        f"slope {g['balanced_fixed_slope']:.3f} (unbalanced {g['fixed_slope']:.3f}), "
+        f"dist/lam {g['balanced_fixed_coef']:.3f}",
+        abs(g["balanced_fixed_slope"] - 1) <= SLOPE_TOL,
+        slope=g["balanced_fixed_slope"], unbalanced_slope=g["fixed_slope"],
+        coef=g["balanced_fixed_coef"])
+    add("Gauge: balanced prox iteration -> Pi_r(Y)", f"anchor = current point, {gc.iters} "
+        "iters, all lam", "dist 0 (fit's stationary point)",
+        f"max rel dist {_g(g['max_prox_dist'], 2)}", g["max_prox_dist"] <= 1e-10,
+        max_dist=g["max_prox_dist"])
     return rows
 
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
 from . import _validate, _xp
 from .factored import LowRankSum, as_operator
+from .gauge import _balance
 from .geometry import principal_angles
 
 __all__ = ["LorsumHistory", "lorsum", "lorsum_history", "lorsum_objective"]
@@ -38,6 +40,8 @@ def lorsum(
     max_iters=100,
     stop="subspace",
     check_finite=True,
+    balance=False,
+    gram_jitter=0.0,
 ):
     """Approximate Π_r(Y) by ``iters`` warm-started alternating ridge solves (SPEC §3, §4).
 
@@ -74,6 +78,14 @@ def lorsum(
         ``"objective"`` stops when the objective decrease ``f_{k−1} − f_k < tol · f_{k−1}``.
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs.
+    balance : bool, default False
+        Return the balanced pair of the result's product and its singular values
+        (:func:`lowrank_prox.gauge.balance`: ``UᵀU = VᵀV = diag(s)``, same ``UVᵀ``).
+    gram_jitter : float, default 0
+        ε ≥ 0 added to every Gram solve, ``(WᵀW + λI + εI)⁻¹``, without the matching ``εW_a``
+        on the right-hand side.  This is *not* a proximal term: each half-step then shrinks
+        the factor it solves for.  The authors' code uses ε = 1e-6 (reference/paper.md §3.1);
+        set it only to reproduce their runs.
 
     Returns
     -------
@@ -81,6 +93,8 @@ def lorsum(
     V : (n, r) array
         In the namespace, device and dtype of ``U0``/``V0``; the computation runs in at least
         float32 (float16/bfloat16 inputs are upcast, then the result cast back).
+    s : (r,) array
+        Only with ``balance=True``: the singular values of ``UVᵀ``, descending.
 
     Notes
     -----
@@ -99,8 +113,12 @@ def lorsum(
     op, U, V, Ua, Va, lam, iters, start, out_dtype = _lorsum_iv(
         target, U0, V0, iters, ridge, anchor, start, check_finite
     )
+    balance, step = _gauge_iv(balance, gram_jitter)
     iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
-    U, V = _als(op, U, V, Ua, Va, lam, iters, start, until=until)
+    U, V = _als(op, U, V, Ua, Va, lam, iters, start, until=until, v_step=step, u_step=step)
+    if balance:
+        U, V, s = _balance(U, V)
+        return _cast(U, out_dtype), _cast(V, out_dtype), _cast(s, out_dtype)
     return _cast(U, out_dtype), _cast(V, out_dtype)
 
 
@@ -245,6 +263,14 @@ def _auto_iv(op, U0, V0, Ua, Va, lam, iters, start, tol, max_iters, stop):
     return max_iters, until
 
 
+def _gauge_iv(balance, gram_jitter):
+    """Validate ``balance`` and ``gram_jitter``; return the flag and the half-step to use."""
+    if not isinstance(balance, bool):
+        raise TypeError(f"balance must be a bool; got {type(balance).__name__}")
+    jitter = _validate.check_real(gram_jitter, "gram_jitter", low=0.0)
+    return balance, (partial(_half_step, jitter=jitter) if jitter > 0 else None)
+
+
 def _cast(a, dtype):
     if a.dtype == dtype:
         return a
@@ -252,15 +278,26 @@ def _cast(a, dtype):
     return xp.astype(a, dtype)
 
 
-def _half_step(op, W, anchor, lam):
-    """Exact minimiser over the other factor: ``(λ·anchor + op @ W)(WᵀW + λI)⁻¹``."""
-    xp = _xp.get_namespace(W)
+def _half_step(op, W, anchor, lam, jitter=0.0):
+    """Exact minimiser over the other factor: ``(λ·anchor + op @ W)(WᵀW + λI)⁻¹``.
+
+    ``jitter`` ε > 0 solves with ``WᵀW + (λ + ε)I`` instead (the authors' safeguard, see
+    :func:`lorsum`'s ``gram_jitter``); the scaled half-step shares this through
+    :func:`_ridge_gram`.
+    """
     R = op @ W
     gram = W.mT @ W
     if lam > 0:
         R = R + lam * anchor
-        gram = gram + lam * xp.eye(W.shape[1], dtype=W.dtype, device=_xp.device(W))
-    return _xp.spd_solve_right(R, gram)
+    return _xp.spd_solve_right(R, _ridge_gram(gram, lam + jitter))
+
+
+def _ridge_gram(gram, shift):
+    """``gram + shift·I`` (``gram`` itself when ``shift == 0``)."""
+    if shift == 0:
+        return gram
+    xp = _xp.get_namespace(gram)
+    return gram + shift * xp.eye(gram.shape[0], dtype=gram.dtype, device=_xp.device(gram))
 
 
 def _als(

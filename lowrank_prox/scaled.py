@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from . import _validate, _xp
 from .factored import LowRankSum
-from .lorsum import _als, _cast, _lorsum_iv
+from .gauge import _balance
+from .lorsum import _als, _cast, _gauge_iv, _lorsum_iv, _ridge_gram
 
 __all__ = ["scaled_lorsum", "scaled_lorsum_objective"]
 
@@ -36,6 +37,8 @@ def scaled_lorsum(
     anchor=None,
     start="v",
     check_finite=True,
+    balance=False,
+    gram_jitter=0.0,
 ):
     """Approximate the metric-best rank-r approximation of ``T`` by alternating solves (SPEC §7).
 
@@ -65,12 +68,22 @@ def scaled_lorsum(
         Which factor the first half-step updates.
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs (metrics included).
+    balance : bool, default False
+        Return the pair balanced *in the metric's geometry* and its singular values
+        (:func:`lowrank_prox.gauge.balance` with these metrics): the same ``UVᵀ`` with
+        ``UᵀP_outU = VᵀP_inV = diag(s)``, the gauge representative that minimises the scaled
+        proximal norm ``‖P_out^½U‖² + ‖P_in^½V‖²`` (= ``2‖P_out^½UVᵀP_in^½‖_*``).
+    gram_jitter : float, default 0
+        ε ≥ 0 added to every Gram, ``(WᵀPW + λI + εI)⁻¹`` (the authors' 1e-6 safeguard; see
+        :func:`lowrank_prox.lorsum`).
 
     Returns
     -------
     U : (m, r) array
     V : (n, r) array
         Namespace, device and dtype of ``U0``/``V0``; computed in at least float32.
+    s : (r,) array
+        Only with ``balance=True``: singular values of ``P_out^½UVᵀP_in^½``, descending.
 
     Notes
     -----
@@ -83,11 +96,16 @@ def scaled_lorsum(
     op, U, V, Ua, Va, lam, iters, start, out_dtype, P_in, P_out = _scaled_iv(
         target, U0, V0, metric_in, metric_out, iters, ridge, anchor, start, check_finite
     )
+    balance, _ = _gauge_iv(balance, gram_jitter)
+    eps = float(gram_jitter)
     U, V = _als(
         op, U, V, Ua, Va, lam, iters, start,
-        v_step=lambda opT, W, anchor, lam_: _half_step(opT, W, anchor, P_out, lam_),
-        u_step=lambda op_, W, anchor, lam_: _half_step(op_, W, anchor, P_in, lam_),
+        v_step=lambda opT, W, anchor, lam_: _half_step(opT, W, anchor, P_out, lam_, eps),
+        u_step=lambda op_, W, anchor, lam_: _half_step(op_, W, anchor, P_in, lam_, eps),
     )
+    if balance:
+        U, V, s = _balance(U, V, P_in, P_out)
+        return _cast(U, out_dtype), _cast(V, out_dtype), _cast(s, out_dtype)
     return _cast(U, out_dtype), _cast(V, out_dtype)
 
 
@@ -183,17 +201,15 @@ def _apply(P, W):
     return P @ W
 
 
-def _half_step(op, W, anchor, P, lam):
+def _half_step(op, W, anchor, P, lam, jitter=0.0):
     """Exact block minimiser ``(op @ (P W) + λ·anchor)(Wᵀ P W + λI)⁻¹`` (SPEC §7).
 
     The order of operations follows :func:`lowrank_prox.lorsum._half_step`, so that an identity
-    metric reproduces it bit for bit.
+    metric reproduces it bit for bit (``jitter`` as there).
     """
-    xp = _xp.get_namespace(W)
     PW = _apply(P, W)
     R = op @ PW
     gram = W.mT @ PW
     if lam > 0:
         R = R + lam * anchor
-        gram = gram + lam * xp.eye(W.shape[1], dtype=W.dtype, device=_xp.device(W))
-    return _xp.spd_solve_right(R, gram)
+    return _xp.spd_solve_right(R, _ridge_gram(gram, lam + jitter))

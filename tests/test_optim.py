@@ -66,10 +66,14 @@ def test_psilora_step_is_lorsum_of_full_step(iters):
     torch.testing.assert_close(layer.lora_A.detach(), Ve.T, rtol=1e-10, atol=1e-12)
 
 
-def test_psilora_momentum_two_steps_by_hand():
+@pytest.mark.parametrize("where", ["none", "momentum", "adapter", "both"])
+def test_psilora_momentum_two_steps_by_hand(where):
+    from lowrank_prox.gauge import balance
+
     layer = tiny()
     lr, mu, d, lam0, K = 0.2, 0.6, 0.1, 1e-2, 2
-    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=3)
+    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=3,
+                  balance=where)
     st = opt.state[layer.lora_B]
     MU, MV = st["momentum_U"].clone(), st["momentum_V"].clone()
     assert MU.shape == (7, 3) and MV.shape == (5, 3) and float(MU.abs().max()) == 0
@@ -81,6 +85,11 @@ def test_psilora_momentum_two_steps_by_hand():
         one_step(opt, layer, X, Y)
         U, V = lorsum(U @ V.T - lr * ((1 - d) * G + mu * MU @ MV.T), U, V, iters=K, ridge=lam)
         MU, MV = lorsum(mu * MU @ MV.T + (1 - d) * G, MU, MV, iters=K, ridge=lam)
+        if where in ("adapter", "both"):
+            U, V, _ = balance(U, V)
+        if where in ("momentum", "both"):
+            MU, MV, _ = balance(MU, MV)
+            assert float((MU.norm(dim=0) / MV.norm(dim=0) - 1).abs().max()) < 1e-12
         torch.testing.assert_close(layer.lora_B.detach(), U, rtol=1e-9, atol=1e-11)
         torch.testing.assert_close(opt.state[layer.lora_B]["momentum_U"], MU, rtol=1e-9,
                                    atol=1e-11)
@@ -334,3 +343,31 @@ def test_layer_without_gradient_is_left_alone():
     assert torch.equal(model["b"].lora_B, B)
     assert opt.state[model["b"].lora_B]["step"] == 0
     assert np.isfinite(float(model["a"].lora_B.detach().sum()))
+
+
+def test_psilora_gram_jitter_and_balance_options():
+    """gram_jitter reaches both LoRSum calls (one step = lorsum with gram_jitter by hand); the
+    zero momentum before the first step is left unbalanced; bad values are refused."""
+    layer = tiny()
+    lr, mu, lam0, eps = 0.2, 0.5, 1e-2, 1e-3
+    opt = PSILoRA(layer, lr, iters=1, ridge=lam0, momentum=mu, balance="none", gram_jitter=eps)
+    st = opt.state[layer.lora_B]
+    MU, MV = st["momentum_U"].clone(), st["momentum_V"].clone()
+    U, V = uv(layer)
+    X, Y = batch(0)
+    G = dense_grad(layer, X, Y)
+    one_step(opt, layer, X, Y)
+    Ue, _ = lorsum(U @ V.T - lr * G, U, V, iters=1, ridge=lr * lam0, gram_jitter=eps)
+    Me, _ = lorsum(G, MU, MV, iters=1, ridge=lr * lam0, gram_jitter=eps)
+    torch.testing.assert_close(layer.lora_B.detach(), Ue, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(opt.state[layer.lora_B]["momentum_U"], Me, rtol=1e-10,
+                               atol=1e-12)
+    from lowrank_prox.optim.psilora import balanced
+
+    Z, W = torch.zeros(7, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    Zb, Wb = balanced(Z, W)
+    assert Zb is Z and Wb is W
+    with pytest.raises(ValueError, match="balance"):
+        PSILoRA(tiny(), 0.1, balance="sometimes")
+    with pytest.raises(ValueError, match="gram_jitter"):
+        PSILoRA(tiny(), 0.1, gram_jitter=-1e-6)

@@ -29,8 +29,10 @@ from torch import nn
 from lowrank_prox import _validate
 from lowrank_prox.nn import LoRALinear
 from lowrank_prox.optim import ProjPSILoRA, PSILoRA, RPLoRA, SVDLoRA
+from lowrank_prox.optim.psilora import DEFAULT_BALANCE
 
 __all__ = [
+    "DIAGNOSTIC",
     "LinearTaskConfig",
     "LinearData",
     "LinearRun",
@@ -41,6 +43,7 @@ __all__ = [
     "paper_methods",
     "run_linear",
     "run_method",
+    "VARIANTS",
 ]
 
 
@@ -88,11 +91,15 @@ class Method:
 @dataclass
 class LinearRun:
     """Per-epoch numbers of one run: ``excess[0]`` is at initialisation, ``excess[e]`` after
-    epoch ``e``; ``f_opt = Σ_{i>r} σ_i(W*)²``; ``seconds`` is the wall time of the training."""
+    epoch ``e``; ``f_opt = Σ_{i>r} σ_i(W*)²``; ``seconds`` is the wall time of the training.
+    ``imbalance[e]`` is the momentum factors' ``‖M_U‖/‖M_V‖`` after epoch ``e`` (``None`` for
+    an optimizer without low-rank momentum); ``adapter_imbalance`` is ``‖U‖/‖V‖``."""
 
     excess: np.ndarray
     f_opt: float
     seconds: float
+    imbalance: np.ndarray | None = None
+    adapter_imbalance: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -172,24 +179,52 @@ def excess_loss(model, data):
         return float(((W - data.Y_r) ** 2).sum() - 2.0 * (W * data.Y_tail).sum())
 
 
-def run_linear(config, make_optimizer, seed=0, *, make_model=None):
+def _momentum_imbalance(opt):
+    """``‖M_U‖/‖M_V‖`` of the first LoRA layer's momentum, or None without one."""
+    state = getattr(opt, "state", {})
+    for st in state.values():
+        if isinstance(st, dict) and "momentum_U" in st:
+            return float(st["momentum_U"].norm() / st["momentum_V"].norm())
+    return None
+
+
+def _adapter_imbalance(model):
+    if not hasattr(model, "lora_A"):
+        return None
+    return float(model.lora_B.detach().norm() / model.lora_A.detach().norm())
+
+
+def run_linear(config, make_optimizer, seed=0, *, make_model=None, target_scale=1.0):
     """Train one model on the linear task; return a :class:`LinearRun` (per-epoch excess).
 
     ``make_optimizer(model)`` builds the optimizer; the loop is
     ``zero_grad(); loss.backward(); step()`` with the sum-reduced MSE of each mini-batch.
     Batches are drawn by a generator seeded with ``seed`` (full batch: no shuffling).
+    ``target_scale`` multiplies the targets ``W*`` and the initial adapter (so the problem is
+    the same up to scale; the excess is reported divided by ``target_scale²``, so runs at
+    different scales are directly comparable).
     """
     if not isinstance(config, LinearTaskConfig):
         raise TypeError(f"config must be a LinearTaskConfig; got {type(config).__name__}")
     seed = _validate.check_int(seed, "seed", low=0)
+    c = _validate.check_real(target_scale, "target_scale", low=0.0, low_open=True)
     data = make_data(config, seed)
+    if c != 1.0:
+        data = LinearData(X=data.X, Y=c * data.Y, Y_r=c * data.Y_r, Y_tail=c * data.Y_tail,
+                          f_opt=c * c * data.f_opt)
     X, Y = data.X, data.Y
     model = (make_model or build_model)(config, seed)
+    if c != 1.0:
+        with torch.no_grad():
+            for p in (model.lora_A, model.lora_B):
+                p.mul_(c ** 0.5)
     opt = make_optimizer(model)
     gen = torch.Generator().manual_seed(seed)
     n = config.d_in
     bs = n if config.batch_size is None else min(config.batch_size, n)
-    excess = [excess_loss(model, data)]
+    excess = [excess_loss(model, data) / c**2]
+    imbalance = [_momentum_imbalance(opt)]
+    adapter = [_adapter_imbalance(model)]
     start = time.perf_counter()
     for _ in range(config.epochs):
         order = torch.arange(n) if bs == n else torch.randperm(n, generator=gen)
@@ -199,11 +234,17 @@ def run_linear(config, make_optimizer, seed=0, *, make_model=None):
             loss = ((model(X[idx]) - Y[idx]) ** 2).sum()
             loss.backward()
             opt.step()
-        excess.append(excess_loss(model, data))
+        excess.append(excess_loss(model, data) / c**2)
+        imbalance.append(_momentum_imbalance(opt))
+        adapter.append(_adapter_imbalance(model))
     seconds = time.perf_counter() - start
     if hasattr(opt, "remove_hooks"):
         opt.remove_hooks()
-    return LinearRun(excess=np.asarray(excess), f_opt=data.f_opt, seconds=seconds)
+    return LinearRun(
+        excess=np.asarray(excess), f_opt=data.f_opt / c**2, seconds=seconds,
+        imbalance=None if imbalance[-1] is None else np.asarray(imbalance, dtype=float),
+        adapter_imbalance=None if adapter[-1] is None else np.asarray(adapter, dtype=float),
+    )
 
 
 def run_method(config, method, seeds=(0, 1, 2, 3, 4)):
@@ -218,19 +259,34 @@ def _lora_params(model):
     return [model.lora_A, model.lora_B]
 
 
-def paper_methods(setting, *, momentum_ranks=(1,)):
+#: The two PSI-LoRA variants of the mini-batch figures (issue 15): the authors' code (no
+#: balancing, their 1e-6 jitter on every Gram solve) and this project's default (the momentum
+#: pair balanced after each momentum LoRSum, no jitter).
+VARIANTS = {
+    "as published (unbalanced)": {"balance": "none", "gram_jitter": 1e-6},
+    "balanced": {"balance": DEFAULT_BALANCE, "gram_jitter": 0.0},
+}
+#: The published algorithm without the authors' jitter (the late divergence of issue 15).
+DIAGNOSTIC = ("unbalanced, no jitter", {"balance": "none", "gram_jitter": 0.0})
+
+
+def paper_methods(setting, *, momentum_ranks=(1,), variants=tuple(VARIANTS), diagnostics=False):
     """The labelled methods of the paper's runs (paper.md §9.1 tables, §9.2).
 
     ``setting`` is ``"fullbatch"`` (lr 0.5, no momentum), ``"minibatch"`` (batch 64, momentum
     0.75) or ``"momentum_rank"`` (SVDLoRA and PSI-LoRA ×{1, 2, 8} with
     ``r_M = r × momentum_ranks``).  λ0 = 1e-3 for PSI-LoRA and RPLoRA; AdamW has
-    betas (0.9, 0.999) and weight decay 1e-4.
+    betas (0.9, 0.999) and weight decay 1e-4.  With momentum, each PSI-LoRA ×K appears once
+    per entry of ``variants`` (keys of :data:`VARIANTS`), labelled ``"PSI-LoRA x1, balanced"``
+    etc.; ``diagnostics=True`` adds PSI-LoRA ×1 in the :data:`DIAGNOSTIC` setting.
     """
     _validate.check_choice(setting, "setting", ("fullbatch", "minibatch", "momentum_rank"))
+    for v in variants:
+        _validate.check_choice(v, "variants[i]", tuple(VARIANTS))
     wd = 1e-4
 
     def M(label, fn, **settings):
-        return Method(label, fn, settings={"method": label.split(" rM=")[0], **settings})
+        return Method(label, fn, settings={"method": label, **settings})
 
     if setting == "fullbatch":
         methods = [
@@ -247,6 +303,16 @@ def paper_methods(setting, *, momentum_ranks=(1,)):
                              lambda m, K=K: PSILoRA(m, 0.5, iters=K, ridge=1e-3), lr=0.5, iters=K))
         return methods
     mu = 0.75
+    runs = [(v, VARIANTS[v]) for v in variants]
+
+    def psi(K, mult, name, kw):
+        rank = "" if mult is None else f" rM={'' if mult == 1 else mult}r"
+        label = f"PSI-LoRA x{K}{rank}, {name}"
+        return Method(label, lambda m: PSILoRA(
+            m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=(mult or 1) * m.rank, **kw),
+            settings={"method": f"PSI-LoRA x{K}", "lr": 0.1, "iters": K,
+                      "momentum_rank_mult": mult or 1, **kw})
+
     if setting == "minibatch":
         methods = [
             M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1),
@@ -258,21 +324,16 @@ def paper_methods(setting, *, momentum_ranks=(1,)):
             M("RPLoRA AdamW", lambda m: RPLoRA(m, 0.05, ridge=1e-3, optimizer="adamw",
                                                weight_decay=wd), lr=0.05),
         ]
-        for K in (1, 2, 8):
-            methods.append(M(f"PSI-LoRA x{K}", lambda m, K=K: PSILoRA(
-                m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K,
-                momentum_rank_mult=1))
+        methods += [psi(K, None, name, kw) for name, kw in runs for K in (1, 2, 8)]
         for K in (1, 2, 8):
             methods.append(M(f"Proj. PSI-LoRA x{K}", lambda m, K=K: ProjPSILoRA(
                 m, 0.1, iters=K, ridge=1e-3, momentum=mu), lr=0.1, iters=K))
-        return methods
-    methods = [M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1)]
-    for K in (1, 2, 8):
-        for mult in momentum_ranks:
-            label = f"PSI-LoRA x{K} rM={'' if mult == 1 else mult}r"
-            methods.append(M(label, lambda m, K=K, mult=mult: PSILoRA(
-                m, 0.1, iters=K, ridge=1e-3, momentum=mu, momentum_rank=mult * m.rank),
-                lr=0.1, iters=K, momentum_rank_mult=mult))
+    else:
+        methods = [M("SVDLoRA", lambda m: SVDLoRA(m, 0.1, momentum=mu), lr=0.1)]
+        methods += [psi(K, mult, name, kw) for name, kw in runs for K in (1, 2, 8)
+                    for mult in momentum_ranks]
+    if diagnostics:
+        methods.append(psi(1, None, *DIAGNOSTIC))
     return methods
 
 

@@ -19,8 +19,16 @@ import re
 
 import numpy as np
 
-from analysis.experiments.linear import LinearTaskConfig, config_dict, paper_methods, run_linear
+from analysis.experiments.linear import (
+    DIAGNOSTIC,
+    VARIANTS,
+    LinearTaskConfig,
+    config_dict,
+    paper_methods,
+    run_linear,
+)
 from analysis.registry import FigureResult, figure, progress
+from analysis.style import BAND_MINMAX
 
 SEEDS = (0, 1, 2, 3, 4)
 FAST_SEEDS = (0, 1)
@@ -41,26 +49,29 @@ def metric_key(label):
 
 
 def _job(args):
-    setting, momentum_ranks, label, config, seed = args
+    setting, momentum_ranks, diagnostics, label, config, seed = args
     import torch
 
     torch.set_num_threads(1)
-    method = {m.label: m for m in paper_methods(setting, momentum_ranks=momentum_ranks)}[label]
+    methods = paper_methods(setting, momentum_ranks=momentum_ranks, diagnostics=diagnostics)
+    method = {m.label: m for m in methods}[label]
     run = run_linear(config, method.make_optimizer, seed, make_model=method.make_model)
-    return run.excess, run.seconds
+    return run.excess, run.seconds, run.imbalance
 
 
-def run_setting(setting, config, seeds, *, momentum_ranks=(1,), workers=None):
-    """``{label: (excess (seeds × epochs+1), mean seconds, settings)}`` for the paper's methods
-    of ``setting`` (cached per process)."""
-    methods = paper_methods(setting, momentum_ranks=momentum_ranks)
+def run_setting(setting, config, seeds, *, momentum_ranks=(1,), diagnostics=False,
+                workers=None):
+    """``{label: (excess (seeds × epochs+1), mean seconds, settings, imbalance)}`` for the
+    paper's methods of ``setting`` (cached per process); ``imbalance`` is the
+    (seeds × epochs+1) array of the momentum's ‖M_U‖/‖M_V‖, or None."""
+    methods = paper_methods(setting, momentum_ranks=momentum_ranks, diagnostics=diagnostics)
     jobs, keys = [], []
     for m in methods:
         for s in seeds:
             key = (config, tuple(sorted(m.settings.items())), s)
             keys.append(key)
             if key not in _CACHE:
-                jobs.append(((setting, momentum_ranks, m.label, config, s), key))
+                jobs.append(((setting, momentum_ranks, diagnostics, m.label, config, s), key))
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     if jobs:
@@ -80,65 +91,86 @@ def run_setting(setting, config, seeds, *, momentum_ranks=(1,), workers=None):
             np.stack([r[0] for r in runs]),
             float(np.mean([r[1] for r in runs])),
             m.settings,
+            None if runs[0][2] is None else np.stack([r[2] for r in runs]),
         )
     return results
 
 
-def _style(label):
-    colors = {"SVDLoRA": "k", "LoRA": "tab:blue", "RPLoRA": "tab:orange",
-              "PSI-LoRA": "tab:green", "Proj. PSI-LoRA": "tab:purple"}
-    family = next(f for f in ("Proj. PSI-LoRA", "PSI-LoRA", "RPLoRA", "SVDLoRA", "LoRA")
-                  if label.startswith(f))
-    color = colors[family]
-    style = "--" if "AdamW" in label else "-"
-    match = re.search(r"x(\d+)", label)
-    if match and family in ("PSI-LoRA", "Proj. PSI-LoRA"):
-        K = int(match.group(1))
-        shades = {1: 0.45, 2: 0.6, 8: 0.75, 32: 0.88, 128: 1.0}
-        alpha = shades.get(K, 1.0)
-        cmap = {"PSI-LoRA": "Greens", "Proj. PSI-LoRA": "Purples"}[family]
-        import matplotlib
-
-        color = matplotlib.colormaps[cmap](alpha)
-    if "rM=" in label:
-        style = {"rM=r": "-", "rM=2r": "--", "rM=4r": ":"}[label.split()[-1]]
-    return color, style
+#: Epochs at which the mini-batch figures report the mean excess (those ≤ the run's epochs).
+CHECKPOINTS = (10, 25, 50, 100)
 
 
 def _plot(results, title, labels=None):
     import matplotlib.pyplot as plt
 
+    from analysis.style import add_band_note, method_style, use
+
+    use()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for label, (ex, _, _) in results.items():
+    for label, (ex, *_) in results.items():
         if labels is not None and label not in labels:
             continue
         ex = np.maximum(ex, 1e-12)  # log axis; values are ≥ 0 up to float64 rounding
         epochs = np.arange(ex.shape[1])
-        color, style = _style(label)
-        ax.plot(epochs, ex.mean(0), style, color=color, label=label, lw=1.4)
-        ax.fill_between(epochs, ex.min(0), ex.max(0), color=color, alpha=0.15, lw=0)
+        style = method_style(label)
+        ax.plot(epochs, ex.mean(0), style["ls"], color=style["color"], label=label, lw=1.4)
+        ax.fill_between(epochs, ex.min(0), ex.max(0), color=style["color"], alpha=0.12, lw=0)
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(r"excess loss $\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$")
     ax.set_title(title)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=6, ncol=2)
+    add_band_note(ax)
     fig.tight_layout()
     return fig
 
 
+def _slug(label):
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_")
+
+
+def rise_factor(mean):
+    """``max_{t ≥ t_min} mean[t] / mean[t_min]`` with ``t_min = argmin mean``: how far a curve
+    rises after its minimum (1 for a curve that never rises)."""
+    mean = np.asarray(mean, dtype=float)
+    e = int(np.argmin(mean))
+    return float(mean[e:].max() / mean[e])
+
+
+def auc_log_excess(mean):
+    """Area under the log10 mean-excess curve per epoch: ``mean_{t=1..E} log10 mean[t]``."""
+    return float(np.mean(np.log10(np.maximum(np.asarray(mean, dtype=float)[1:], 1e-12))))
+
+
 def _series_and_metrics(results):
     series, metrics = {}, {}
-    for label, (ex, seconds, settings) in results.items():
+    for label, (ex, seconds, settings, imb) in results.items():
+        mean = ex.mean(0)
         series[label] = {
-            "mean": ex.mean(0),
+            "mean": mean,
             "min": ex.min(0),
             "max": ex.max(0),
             "final_per_seed": ex[:, -1],
             "seconds_per_run": seconds,
             "settings": settings,
         }
+        key = _slug(label)
         metrics[metric_key(label)] = float(ex[:, -1].mean())
+        for e in CHECKPOINTS:
+            if e < ex.shape[1]:
+                metrics[f"excess_e{e}_{key}"] = float(mean[e])
+        metrics[f"auc_log_excess_{key}"] = auc_log_excess(mean)
+        metrics[f"rise_factor_{key}"] = rise_factor(mean)
+        if imb is not None:
+            logs = np.log10(imb[:, 1:])  # epoch 0 has M_U = 0
+            series[label]["momentum_imbalance"] = {
+                "what": "||M_U||_F / ||M_V||_F after each epoch 1..E, geometric mean over "
+                        "seeds (min, max over seeds)",
+                "geomean": 10 ** logs.mean(0),
+                "min": 10 ** logs.min(0),
+                "max": 10 ** logs.max(0),
+            }
+            metrics[f"momentum_imbalance_final_{key}"] = float(10 ** logs[:, -1].mean())
     return series, metrics
 
 
@@ -147,22 +179,21 @@ def _fmt(x):
 
 
 def _rises(results):
-    """A sentence on every curve whose final mean is > 3× its minimum (late instability)."""
+    """A sentence on every curve whose final mean is > 2× its minimum (late instability)."""
     out = []
-    for label, (ex, _, _) in results.items():
+    for label, (ex, *_) in results.items():
         mean = ex.mean(0)
         e = int(np.argmin(mean))
-        if mean[-1] > 3 * mean[e]:
+        if rise_factor(mean) > 2:
             out.append(f"{label} reaches {_fmt(mean[e])} at epoch {e} then rises to "
-                       f"{_fmt(mean[-1])}")
-    if not out:
-        return ""
-    why = ""
-    if any(item.startswith("PSI-LoRA x1") for item in out):
-        why = (" (diagnosed for PSI-LoRA x1: the momentum factors lose balance, ‖M_U‖ ≫ ‖M_V‖, "
-               "so the fixed ridge λ = lr·λ0 dominates the momentum U-step; with ridge 0 the "
-               "same run keeps decreasing)")
-    return " Late rise: " + "; ".join(out) + why + "."
+                       f"{_fmt(mean[e:].max())}")
+    return (" Late rise (> 2x its minimum): " + "; ".join(out) + ".") if out else (
+        " No curve rises by more than 2x from its minimum.")
+
+
+def _checkpoints(metrics, label, epochs):
+    key = _slug(label)
+    return "/".join(_fmt(metrics[f"excess_e{e}_{key}"]) for e in CHECKPOINTS if e <= epochs)
 
 
 @figure("fig1_linear_fullbatch",
@@ -194,8 +225,32 @@ def fig1_linear_fullbatch(*, fast=False):
     )
     fig = _plot(results, "Linear task (full batch)")
     settings = {"config": config_dict(config), "seeds": list(seeds), "ridge_lambda0": 1e-3,
-                "band": "min-max over seeds", "fast": fast}
+                "band": BAND_MINMAX, "fast": fast}
     return FigureResult(fig, settings, series, metrics, notes)
+
+
+PUB, BAL = "as published (unbalanced)", "balanced"
+
+
+def _diagnostic(results, metrics):
+    """Pop the no-jitter run from ``results``; its numbers go to ``metrics`` and a sentence."""
+    label = f"PSI-LoRA x1, {DIAGNOSTIC[0]}"
+    ex, _, _, imb = results.pop(label)
+    mean = ex.mean(0)
+    e = int(np.argmin(mean))
+    key = "diagnostic_x1_unbalanced_no_jitter"
+    metrics[f"{key}_final_excess"] = float(mean[-1])
+    metrics[f"{key}_min_excess"] = float(mean[e])
+    metrics[f"{key}_argmin_epoch"] = e
+    metrics[f"{key}_rise_factor"] = rise_factor(mean)
+    metrics[f"{key}_momentum_imbalance_final"] = float(10 ** np.log10(imb[:, -1]).mean())
+    return (f" Diagnosis (not plotted): the published algorithm without the authors' 1e-6 Gram "
+            f"jitter (PSI-LoRA x1, balance='none', gram_jitter=0) reaches {_fmt(mean[e])} at "
+            f"epoch {e} and ends at {_fmt(mean[-1])} with ||M_U||/||M_V|| = "
+            f"{_fmt(metrics[f'{key}_momentum_imbalance_final'])}: the ridge lr*lambda0 is not "
+            "gauge invariant and dominates the momentum U-step of the unbalanced pair; the "
+            "jitter's lambda/(lambda + 1e-6) shrink per step is what keeps the published runs "
+            "stable.")
 
 
 @figure("fig1_linear_minibatch",
@@ -203,18 +258,51 @@ def fig1_linear_fullbatch(*, fast=False):
 def fig1_linear_minibatch(*, fast=False):
     config = _config("minibatch", fast)
     seeds = FAST_SEEDS if fast else SEEDS
-    results = run_setting("minibatch", config, seeds)
+    results = run_setting("minibatch", config, seeds, diagnostics=True)
+    extra = {}
+    diag = _diagnostic(results, extra)
     series, metrics = _series_and_metrics(results)
-    order = sorted(results, key=lambda lab: metrics[metric_key(lab)])
+    metrics.update(extra)
+    E = config.epochs
+    svd = metrics[metric_key("SVDLoRA")]
+    cps = "/".join(str(e) for e in CHECKPOINTS if e <= E)
+    lines = []
+    for K in (1, 2, 8):
+        pub, bal = f"PSI-LoRA x{K}, {PUB}", f"PSI-LoRA x{K}, {BAL}"
+        lines.append(f"x{K}: as published {_checkpoints(metrics, pub, E)} (AUC "
+                     f"{metrics['auc_log_excess_' + _slug(pub)]:.2f}), balanced "
+                     f"{_checkpoints(metrics, bal, E)} (AUC "
+                     f"{metrics['auc_log_excess_' + _slug(bal)]:.2f})")
+    bal1 = metrics[metric_key(f"PSI-LoRA x1, {BAL}")]
+    e10 = [metrics.get(f"excess_e10_{_slug(f'PSI-LoRA x{K}, {BAL}')}") for K in (1, 2, 8)]
+    faster = None if e10[0] is None else e10[0] > e10[1] > e10[2]
+    order = sorted(series, key=lambda lab: metrics[metric_key(lab)])
     notes = (
-        f"Final mean excess (epoch {config.epochs}), best first: "
+        f"Mean over {len(seeds)} seeds of the excess at epochs {cps}, and the area under the "
+        f"log10 mean-excess curve per epoch (AUC): SVDLoRA "
+        f"{_checkpoints(metrics, 'SVDLoRA', E)} (AUC "
+        f"{metrics['auc_log_excess_SVDLoRA']:.2f}); PSI-LoRA " + "; ".join(lines)
+        + f". 'as published' is the authors' code (no balancing, 1e-6 added to every Gram); "
+        "'balanced' is this project's default (the momentum pair balanced after each momentum "
+        "LoRSum, no jitter). ||M_U||/||M_V|| at the last epoch: as published x1 "
+        f"{_fmt(metrics['momentum_imbalance_final_' + _slug(f'PSI-LoRA x1, {PUB}')])}, "
+        f"balanced x1 {_fmt(metrics['momentum_imbalance_final_' + _slug(f'PSI-LoRA x1, {BAL}')])}"
+        f". Claim 'PSI-LoRA with momentum ends at or below SVDLoRA': balanced x1 "
+        f"{_fmt(bal1)} vs SVDLoRA {_fmt(svd)}: {'holds' if bal1 < svd else 'does NOT hold'}. "
+        "Claim 'more alternating iterations approach SVDLoRA faster' (epoch 10, balanced, "
+        f"x1/x2/x8 {'/'.join(_fmt(v) for v in e10 if v is not None)}): "
+        f"{'holds' if faster else 'does NOT hold' if faster is not None else 'n/a'}. "
+        f"Final mean excess, best first: "
         + ", ".join(f"{lab} {_fmt(metrics[metric_key(lab)])}" for lab in order)
         + ". Mini-batch noise sets a floor for every method; LoRA SGD/AdamW and RPLoRA use the "
-        "paper's per-method learning rates." + _rises(results)
+        "paper's per-method learning rates." + _rises(results) + diag
     )
     fig = _plot(results, "Linear task (mini-batch, momentum 0.75)")
     settings = {"config": config_dict(config), "seeds": list(seeds), "momentum": 0.75,
-                "ridge_lambda0": 1e-3, "band": "min-max over seeds", "fast": fast}
+                "ridge_lambda0": 1e-3, "band": BAND_MINMAX, "fast": fast,
+                "variants": VARIANTS, "diagnostic": {DIAGNOSTIC[0]: DIAGNOSTIC[1]},
+                "checkpoints": [e for e in CHECKPOINTS if e <= E],
+                "auc": "mean over epochs 1..E of log10(mean excess)"}
     return FigureResult(fig, settings, series, metrics, notes)
 
 
@@ -225,20 +313,39 @@ def fig5_momentum_rank(*, fast=False):
     seeds = FAST_SEEDS if fast else SEEDS
     results = run_setting("momentum_rank", config, seeds, momentum_ranks=(1, 2, 4))
     series, metrics = _series_and_metrics(results)
+    E = config.epochs
+    early = 25 if E >= 25 else E // 2
+    if f"excess_e{early}_SVDLoRA" not in metrics:
+        for lab, (ex, *_) in results.items():
+            metrics[f"excess_e{early}_{_slug(lab)}"] = float(ex.mean(0)[early])
     svd = metrics[metric_key("SVDLoRA")]
-    lines = []
-    for K in (1, 2, 8):
-        vals = [metrics[metric_key(f"PSI-LoRA x{K} rM={p}r")] for p in ("", "2", "4")]
-        lines.append(f"x{K}: r {_fmt(vals[0])}, 2r {_fmt(vals[1])}, 4r {_fmt(vals[2])}")
-        metrics[f"gap_to_svdlora_x{K}_rM_r"] = vals[0] - svd
-        metrics[f"gap_to_svdlora_x{K}_rM_4r"] = vals[2] - svd
+    lines, helps = [], []
+    for name in (PUB, BAL):
+        for K in (1, 2, 8):
+            labs = [f"PSI-LoRA x{K} rM={p}r, {name}" for p in ("", "2", "4")]
+            e_early = [metrics[f"excess_e{early}_{_slug(lab)}"] for lab in labs]
+            finals = [metrics[metric_key(lab)] for lab in labs]
+            helps.append(e_early[2] < e_early[0])
+            tag = "pub" if name == PUB else "bal"
+            metrics[f"gap_to_svdlora_x{K}_rM_r_{tag}"] = finals[0] - svd
+            metrics[f"gap_to_svdlora_x{K}_rM_4r_{tag}"] = finals[2] - svd
+            lines.append(f"{name} x{K}: epoch {early} r/2r/4r "
+                         + "/".join(_fmt(v) for v in e_early) + ", final "
+                         + "/".join(_fmt(v) for v in finals))
+    metrics["claim_larger_momentum_rank_helps_early"] = bool(all(helps))
     notes = (
-        f"Final mean excess: SVDLoRA {_fmt(svd)}; PSI-LoRA " + "; ".join(lines)
-        + ". The figure shows x1 and x8 (x2 only in the JSON)." + _rises(results)
+        f"Mean over {len(seeds)} seeds; SVDLoRA final {_fmt(svd)}. " + "; ".join(lines)
+        + f". Claim 'a larger momentum rank helps' (epoch {early}, 4r below r for every K and "
+        f"both variants): {'holds' if all(helps) else 'does NOT hold'} "
+        f"({sum(helps)}/{len(helps)}); at the last epoch every run sits near the mini-batch "
+        "noise floor, where the rank matters little. 'as published' = authors' code (no "
+        "balancing, 1e-6 Gram jitter), 'balanced' = this project's default. The figure shows "
+        "x1 and x8 (x2 only in the JSON)." + _rises(results)
     )
     shown = [lab for lab in results if "x2 " not in lab]
     fig = _plot(results, "Linear task (mini-batch): momentum rank", labels=shown)
     settings = {"config": config_dict(config), "seeds": list(seeds), "momentum": 0.75,
                 "momentum_ranks": ["r", "2r", "4r"], "ridge_lambda0": 1e-3,
-                "band": "min-max over seeds", "fast": fast}
+                "band": BAND_MINMAX, "fast": fast, "variants": VARIANTS,
+                "checkpoints": [e for e in CHECKPOINTS if e <= E]}
     return FigureResult(fig, settings, series, metrics, notes)

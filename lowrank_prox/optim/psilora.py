@@ -5,12 +5,37 @@ from __future__ import annotations
 import torch
 
 from .. import _validate, _xp
+from ..gauge import balance as _balance_pair
 from ..lorsum import lorsum
 from ._base import LoRAOptimizer
 from ._base import ridge_gram as _gram
 from ._options import check_options, init_residual, quartic_shrink, residual_update
 
-__all__ = ["PSILoRA", "ProjPSILoRA"]
+__all__ = ["BALANCE", "PSILoRA", "ProjPSILoRA"]
+
+#: Where PSI-LoRA may re-balance the factors after each LoRSum (see :class:`PSILoRA`).
+BALANCE = ("none", "momentum", "adapter", "both")
+DEFAULT_BALANCE = "momentum"
+
+
+def check_balance(balance, gram_jitter):
+    """Validate the ``balance`` choice and ``gram_jitter``; return ``(balance, jitter)``."""
+    _validate.check_choice(balance, "balance", BALANCE)
+    return balance, _validate.check_real(gram_jitter, "gram_jitter", low=0.0)
+
+
+def balanced(U, V, *, metric_in=None, metric_out=None):
+    """``(U, V)`` replaced by its balanced pair (:func:`lowrank_prox.gauge.balance`), same UVᵀ.
+
+    A numerically rank-deficient product (``s_r ≤ eps·s_1``, e.g. the zero momentum before
+    the first gradient) is returned unchanged: balancing would zero those columns in both
+    factors, and a zero pair stays zero under every later ridge step.
+    """
+    Ub, Vb, s = _balance_pair(U, V, metric_in=metric_in, metric_out=metric_out,
+                              check_finite=False)
+    if not bool(s[-1] > torch.finfo(s.dtype).eps * s[0]):
+        return U, V
+    return Ub, Vb
 
 
 def _check_common(lr, iters, ridge, momentum, dampening):
@@ -76,6 +101,21 @@ class PSILoRA(LoRAOptimizer):
         σ, α ≥ 0 of the scalar kernel ``(σ/2)‖X‖² + (α/4)‖X‖⁴``.
     quartic_gamma : float, default 1e-2
         γ ≥ 0 of the Gram kernel ``(γ/4)‖UᵀU + VVᵀ‖²``.
+    balance : {"momentum", "none", "adapter", "both"}, default "momentum"
+        Which factor pairs are replaced by their balanced pair (:func:`lowrank_prox.gauge.balance`,
+        ``UᵀU = VᵀV = Σ``, same product) after their LoRSum.  The ridge
+        ``λ(‖U − U_a‖² + ‖V − V_a‖²)`` is not invariant under the gauge ``(U, V) → (UD, VD⁻ᵀ)``;
+        without balancing the momentum pair drifts to ``‖M_U‖ ≫ ‖M_V‖`` (it starts at
+        ``M_U = 0``, ``M_V ~ N(0, 1)``) and the fixed λ then dominates the momentum U-step.
+        ``"none"`` is the published algorithm.  The default was chosen from measurements
+        (README, "Gauge"): on the linear task it removes PSI-LoRA ×1's late divergence and
+        it is independent of the problem's scale, unlike a jitter.
+    gram_jitter : float, default 0
+        ε ≥ 0 added to every Gram solve of both LoRSum calls (:func:`lowrank_prox.lorsum`).
+        The authors' code uses ε = 1e-6: with ``balance="none", gram_jitter=1e-6`` this
+        optimizer reproduces their runs.  On an unbalanced momentum pair (``M_VᵀM_V ≪ λ``)
+        the jitter shrinks ``M_U`` by ``λ/(λ + ε)`` per step, an accidental stabiliser whose
+        effect depends on the problem's scale.
     other_optimizer, other_momentum, other_dampening
         Optimizer of the other trainable parameters; by default SGD with ``lr``, ``momentum``
         and ``dampening``.
@@ -112,6 +152,8 @@ class PSILoRA(LoRAOptimizer):
         quartic_sigma=1e-3,
         quartic_alpha=1e-2,
         quartic_gamma=1e-2,
+        balance=DEFAULT_BALANCE,
+        gram_jitter=0.0,
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
@@ -120,6 +162,7 @@ class PSILoRA(LoRAOptimizer):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
         options = check_options(use_momentum_residual, residual_rank, momentum, quartic_kernel,
                                 quartic_sigma, quartic_alpha, quartic_gamma)
+        balance, gram_jitter = check_balance(balance, gram_jitter)
         if momentum_rank is not None:
             momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
         momentum_ridge = ridge if momentum_ridge is None else _validate.check_real(
@@ -139,6 +182,8 @@ class PSILoRA(LoRAOptimizer):
                 "momentum_rank": momentum_rank,
                 "momentum_ridge": momentum_ridge,
                 **options,
+                "balance": balance,
+                "gram_jitter": gram_jitter,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
@@ -174,11 +219,15 @@ class PSILoRA(LoRAOptimizer):
             M_U, M_V = state["momentum_U"], state["momentum_V"]
             terms.append((-lr * mu, M_U, M_V))
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
-        U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), check_finite=False)
+        where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
+        U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), gram_jitter=eps,
+                        check_finite=False)
         U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
         step = state["step"] + 1
         self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K,
                        ridge=self._ridge(group), step=step)
+        if where in ("adapter", "both"):
+            U1, V1 = balanced(U1, V1)
         new_state = {**state, "step": step}
         if has_momentum:
             lam_M = lr * group["momentum_ridge"]
@@ -191,12 +240,14 @@ class PSILoRA(LoRAOptimizer):
             start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
             target_M = grad.as_sum(1.0 - d, extra=extra)
             M_U1, M_V1 = lorsum(target_M, M_U, M_V, iters=max(K, 1), ridge=lam_M, start=start,
-                                check_finite=False)
+                                gram_jitter=eps, check_finite=False)
             self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
                            iters=max(K, 1), ridge=lam_M, side=start, step=step)
             M_U, M_V = M_U1, M_V1
             if residual:
                 new_state.update(residual_update(grad, state, mu, d, (M_U, M_V), K, lam_M))
+            if where in ("momentum", "both"):
+                M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
         return (U1, V1), new_state
 

@@ -12,6 +12,7 @@ from ..lorsum import lorsum
 from ..metrics import KINDS, REDUCTIONS, diagonal_statistics, ema_update, fractional_power
 from ..scaled import scaled_lorsum
 from ._base import LoRAOptimizer
+from .psilora import DEFAULT_BALANCE, balanced, check_balance
 
 __all__ = ["ScaledPSILoRA"]
 
@@ -74,6 +75,15 @@ class ScaledPSILoRA(LoRAOptimizer):
         Implicit global clipping (see :class:`LoRAOptimizer`); the metrics see the clipped G.
     seed : int or None
         Seed of the momentum sketches.
+    balance : {"momentum", "none", "adapter", "both"}, default "momentum"
+        Which pairs are replaced by their balanced pair after their LoRSum, as in
+        :class:`lowrank_prox.optim.PSILoRA`.  The adapter is balanced in the metric's own
+        geometry (``UᵀP_outU = VᵀP_inV``, the representative that minimises the scaled
+        proximal norm ``‖P_out^½U‖² + ‖P_in^½V‖²``; :func:`lowrank_prox.gauge.balance`), the
+        momentum, whose LoRSum is unscaled, in the plain one.  ``"none"`` is the published
+        algorithm.
+    gram_jitter : float, default 0
+        ε ≥ 0 added to every Gram solve of both calls (the authors' code: 1e-6).
     other_lr : float, default 1e-4
         Learning rate of Adam(W) for the other trainable parameters (betas (0.9, 0.999),
         eps 1e-8, ``other_weight_decay``); it follows the LoRA group's schedule.
@@ -106,11 +116,14 @@ class ScaledPSILoRA(LoRAOptimizer):
         init_metric_scale=1.0,
         max_grad_norm=None,
         seed=None,
+        balance=DEFAULT_BALANCE,
+        gram_jitter=0.0,
         other_lr=1e-4,
         other_weight_decay=0.0,
         other_optimizer=None,
     ):
         iters = _validate.check_int(iters, "iters", low=0)
+        balance, gram_jitter = check_balance(balance, gram_jitter)
         ridge = _validate.check_real(ridge, "ridge", low=0.0)
         if not isinstance(betas, tuple | list) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
@@ -153,6 +166,8 @@ class ScaledPSILoRA(LoRAOptimizer):
                 "min_ridge": min_ridge,
                 "reduction": reduction,
                 "init_metric_scale": init_metric_scale,
+                "balance": balance,
+                "gram_jitter": gram_jitter,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
@@ -213,6 +228,7 @@ class ScaledPSILoRA(LoRAOptimizer):
             M_U, M_V = state["momentum_U"], state["momentum_V"]
             terms.append((-lr * beta1, inv_out * M_U, inv_in * M_V))
         target = LowRankSum(terms, check_finite=False)
+        where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
         U1, V1 = scaled_lorsum(
             target,
             U,
@@ -221,8 +237,11 @@ class ScaledPSILoRA(LoRAOptimizer):
             metric_out=P_out,
             iters=K,
             ridge=lam,
+            gram_jitter=eps,
             check_finite=False,
         )
+        if where in ("adapter", "both"):
+            U1, V1 = balanced(U1, V1, metric_in=P_in, metric_out=P_out)
         new_state = {**state, "step": state["step"] + 1, "metric_in": a, "metric_out": g}
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
@@ -235,7 +254,10 @@ class ScaledPSILoRA(LoRAOptimizer):
                 iters=max(K, 1),
                 ridge=lam,
                 start=start,
+                gram_jitter=eps,
                 check_finite=False,
             )
+            if where in ("momentum", "both"):
+                M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
         return (U1, V1), new_state
