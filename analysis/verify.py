@@ -180,7 +180,7 @@ def gauge_rows():
         rel_diff=[row["rel_diff"] for row in inv0])
     inv = [row for row in g["invariance"] if row["lambda"] > 0]
     least = min(row["rel_diff"] for row in inv)
-    add("Gauge: ...and NOT invariant at lam>0", f"lam {gc.lambdas[0]:g}-{gc.lambdas[-1]:g}, "
+    add("Gauge: ...and not invariant at lam>0", f"lam {gc.lambdas[0]:g}-{gc.lambdas[-1]:g}, "
         "same D", "rel diff >> rounding (measured)",
         f"{_g(least, 2)}-{_g(max(row['rel_diff'] for row in inv), 2)}", least >= 1e-6,
         rel_diff={f"{row['lambda']:g}/{row['cond']:g}": row["rel_diff"] for row in inv})

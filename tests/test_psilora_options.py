@@ -18,7 +18,7 @@ F64 = torch.float64
 def test_momentum_residual_two_steps_by_hand():
     layer = tiny()
     lr, mu, d, lam0, K = 0.2, 0.6, 0.1, 1e-2, 2
-    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=1,
+    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=1, balance="none",
                   use_momentum_residual=True, residual_rank=3, seed=0)
     st = opt.state[layer.lora_B]
     assert st["residual_U"].shape == (7, 3) and st["residual_V"].shape == (5, 3)
@@ -47,7 +47,7 @@ def test_full_rank_residual_keeps_what_the_momentum_drops():
     """λ_M = 0, r_E = min(in, out): E⁺ = T − M⁺ exactly, so M⁺ + E⁺ = μM + (1−d)G + E."""
     layer = tiny()
     mu, d = 0.5, 0.2
-    opt = PSILoRA(layer, 0.1, iters=3, momentum=mu, dampening=d, momentum_rank=1,
+    opt = PSILoRA(layer, 0.1, iters=3, momentum=mu, dampening=d, momentum_rank=1, balance="none",
                   momentum_ridge=0.0, use_momentum_residual=True, seed=1)
     st = opt.state[layer.lora_B]
     assert st["residual_U"].shape == (7, 5)
