@@ -830,7 +830,7 @@ def _print_table(proj, floors, hard, opt_rows, seven, scaling, targets, sizes, o
                                 for k, v in targets.items()}))
 
 
-def _run_once(cfg, monitor):
+def _run_once(cfg, monitor, fast):
     """One pass over every section, sampling the load between sections."""
     from .registry import progress
 
@@ -842,12 +842,16 @@ def _run_once(cfg, monitor):
         monitor.sample("hard spectra")
         opt_rows, skipped = _optimizers(cfg, progress)
         monitor.sample("optimizers")
+        from .bench_transformer import bench_section  # section 6: GPT-2-small shapes (issue 17)
+
+        gpt2 = bench_section(fast, progress)
+        monitor.sample("GPT-2 shapes")
         seven = _seven_b(cfg, progress) if cfg["seven_b"] else []
         if seven:
             monitor.sample("7B shapes")
     finally:
         _MONITOR.remove(monitor)
-    return proj, floors, hard, opt_rows, skipped, seven
+    return proj, floors, hard, opt_rows, skipped, seven, gpt2
 
 
 def run(fast=False, *, attempts=None):
@@ -863,9 +867,12 @@ def run(fast=False, *, attempts=None):
     attempts = (1 if fast else 2) if attempts is None else attempts
     env = _environment()
     t_start = time.perf_counter()
-    (proj, floors, hard, opt_rows, skipped, seven), verdict = _timing.run_until_accepted(
-        lambda monitor: _run_once(cfg, monitor), attempts=attempts,
-        log=lambda msg: print(msg, file=sys.stderr))
+    run_once = lambda monitor: _run_once(cfg, monitor, fast)  # noqa: E731
+    (proj, floors, hard, opt_rows, skipped, seven, gpt2), verdict = _timing.run_until_accepted(
+        run_once, attempts=attempts, log=lambda msg: print(msg, file=sys.stderr))
+    gpt2_rows, gpt2_targets, gpt2_skip = gpt2
+    if gpt2_skip:
+        skipped["GPT-2-shaped step"] = gpt2_skip
     scaling = _scaling(proj)
     target_m = 2048 if 2048 in cfg["sizes"] else max(cfg["sizes"])
     targets = _targets(proj, floors, opt_rows, target_m)
@@ -878,8 +885,8 @@ def run(fast=False, *, attempts=None):
         **{k: v for k, v in cfg.items()}, environment=env,
     )
     series = dict(projection=proj, hard=hard, floor=floors, optimizers=opt_rows,
-                  seven_b=seven, skipped=skipped)
-    metrics = dict(targets=targets, scaling_exponent=scaling)
+                  seven_b=seven, skipped=skipped, gpt2=gpt2_rows)
+    metrics = dict(targets=targets, scaling_exponent=scaling, gpt2_targets=gpt2_targets)
     result = FigureResult(fig, settings, series, metrics, notes,
                           extra={"description": "speed, accuracy and memory benchmark (issue 9)",
                                  "acceptance": verdict})
@@ -934,6 +941,10 @@ def bench_figure(*, fast: bool):
     """The benchmark as a registered figure: prints its tables, returns the FigureResult."""
     result, tables = run(fast=fast)
     _print_table(*tables)
+    if result.series.get("gpt2"):
+        from .bench_transformer import format_rows
+
+        print("\n" + format_rows(result.series["gpt2"]))
     return result
 
 
