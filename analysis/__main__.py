@@ -1,4 +1,13 @@
-"""``python -m analysis {figures,list,verify,bench}``."""
+"""python -m analysis: figures, theory checks and the benchmark of lowrank_prox.
+
+Commands:
+  figures   regenerate the figures (PNG, PDF and JSON) into figures/
+  list      list the registered figures
+  verify    check every theory claim and print a table
+  bench     speed, accuracy and memory benchmark
+
+Run "python -m analysis COMMAND --help" for the options of a command.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +15,95 @@ import argparse
 import sys
 import time
 
+FIGURES_HELP = """\
+Regenerate figures: each figure's experiment runs, and NAME.png, NAME.pdf and NAME.json are
+written. Without --only every figure but the benchmark is built, after the theory checks.
+
+Output folder: figures/ for a full run. With --fast (small settings, for tests and a quick
+look) the files go to a new temporary folder, or to --out; --fast never replaces the
+committed figures/ unless --force is given. A progress bar is shown on a terminal (not when
+output is redirected or CI is set).
+
+Examples:
+  python -m analysis figures
+  python -m analysis figures --only thm31_rate fig4_method_curves
+  python -m analysis figures --fast --only ridge_effect --out /tmp/quick
+  python -m analysis figures --only bench
+"""
+
+BENCH_HELP = """\
+Speed, accuracy and memory benchmark: projections (full SVD, svds, randomized SVD, LoRSum),
+optimizer steps and memory, scaling with the layer size. Ratios measured side by side are
+the result; absolute times depend on the machine.
+
+The run is checked for interference: the load average before and during the run and the
+spread between repeats. A noisy run is repeated once (after waiting for the load to drop);
+bench.json records whether it was accepted ("acceptance"), and a rejected run is never
+written into the committed figures/ (it goes to a temporary folder) unless --force is given.
+Output folder: figures/ for a full run, a temporary folder with --fast, or --out.
+"""
+
+VERIFY_HELP = """\
+Check every claim of the theory (Proposition 1, Theorem 3.1, the ridge, the scaled variant)
+numerically and print one row per claim. Exit status 1 if any claim fails.
+"""
+
+
+def _add_figures(sub):
+    p = sub.add_parser("figures", help="regenerate figures into figures/ (PNG, PDF, JSON)",
+                       description=FIGURES_HELP, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="only these figures (see: python -m analysis list)")
+    p.add_argument("--fast", action="store_true",
+                   help="small settings; writes to a temporary folder unless --out is given")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: figures/, or a temporary folder with --fast)")
+    p.add_argument("--force", action="store_true",
+                   help="allow --fast (or a rejected benchmark) to overwrite figures/")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the theory checks run before a full regeneration")
+    return p
+
+
+def _add_list(sub):
+    return sub.add_parser("list", help="list the registered figures",
+                          description="List the registered figures with a one-line "
+                                      "description; on-demand ones are marked.")
+
+
+def _add_verify(sub):
+    p = sub.add_parser("verify", help="check every theory claim, print a table",
+                       description=VERIFY_HELP, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    return p
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="speed/accuracy/memory benchmark",
+                       description=BENCH_HELP, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--fast", action="store_true",
+                   help="small sizes and few repeats; writes to a temporary folder")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: figures/, or a temporary folder with --fast)")
+    p.add_argument("--force", action="store_true",
+                   help="write into figures/ even for --fast or a run rejected as noisy")
+    return p
+
+
+def build_parser():
+    """The argument parser of ``python -m analysis`` (one ``_add_*`` per subcommand)."""
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_figures(sub)
+    _add_list(sub)
+    _add_verify(sub)
+    _add_bench(sub)
+    return parser
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p_fig = sub.add_parser("figures", help="regenerate figures into figures/ (PNG, PDF, JSON)")
-    p_fig.add_argument("--only", nargs="+", metavar="NAME", help="only these figures")
-    p_fig.add_argument("--fast", action="store_true", help="small settings (for tests)")
-    p_fig.add_argument("--out", default="figures", help="output folder (default: figures)")
-    p_fig.add_argument("--no-verify", action="store_true", help="skip the verification report")
-
-    sub.add_parser("list", help="list the registered figures")
-
-    p_ver = sub.add_parser("verify", help="check every theory claim, print a table")
-    p_ver.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
-
-    p_bench = sub.add_parser("bench", help="speed/accuracy/memory benchmark")
-    p_bench.add_argument("--fast", action="store_true")
-    p_bench.add_argument("--out", default="figures")
-
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     if args.command == "list":
         return _list()
     if args.command == "figures":
@@ -38,17 +115,18 @@ def main(argv=None):
     if args.command == "bench":
         from .bench import main as bench_main
 
-        return bench_main(fast=args.fast, out=args.out)
+        return bench_main(fast=args.fast, out=args.out, force=args.force)
     return 2
 
 
 def _list():
-    from .registry import load_all
+    from .registry import ON_DEMAND, load_all
 
     figures = load_all()
     width = max((len(n) for n in figures), default=0)
     for name, (desc, _) in sorted(figures.items()):
-        print(f"{name:<{width}}  {desc}")
+        tag = " [on demand: --only]" if name in ON_DEMAND else ""
+        print(f"{name:<{width}}  {desc}{tag}")
     if not figures:
         print("(no figures registered)")
     return 0
@@ -58,7 +136,7 @@ def _figures(args):
     import matplotlib
 
     matplotlib.use("Agg")
-    from .registry import load_all, save
+    from .registry import build, default_names, is_committed, load_all, output_dir, progress, save
 
     status = 0
     if not args.no_verify and not args.only:
@@ -69,16 +147,21 @@ def _figures(args):
         else:
             status = verify_main(json_path=None)
     figures = load_all()
-    names = args.only or sorted(figures)
+    names = args.only or default_names()
     unknown = [n for n in names if n not in figures]
     if unknown:
         print(f"unknown figure(s): {', '.join(unknown)}; see `python -m analysis list`")
         return 2
-    for name in names:
+    base = output_dir(args.out, fast=args.fast, force=args.force)
+    for name in progress(names, desc="figures"):
         t0 = time.perf_counter()
-        result = figures[name][1](fast=args.fast)
-        paths = save(name, result, args.out)
-        print(f"{name:<28} {time.perf_counter() - t0:7.1f} s  -> {paths[0].parent}/{name}.*")
+        result = build(name, fast=args.fast)
+        target = base
+        if is_committed(base) and not args.force:  # a rejected benchmark is not committed
+            target = output_dir(base, fast=args.fast, result=result)
+        paths = save(name, result, target)
+        print(f"{name:<28} {time.perf_counter() - t0:7.1f} s  -> {paths[0].parent}/{name}.*",
+              flush=True)
     if not names:
         print("(no figures registered)")
     return status

@@ -37,6 +37,9 @@ import numpy as np
 
 from lowrank_prox import LowRankSum, lorsum, truncated_svd
 
+from . import _timing
+from .registry import figure
+
 __all__ = [
     "Problem",
     "excess_error",
@@ -219,26 +222,20 @@ def _np(a):
 # -- timing ------------------------------------------------------------------------------
 
 
+_MONITOR = []  # the Monitor of the run in progress (see run); timings report their spread to it
+
+
 def _timeit(fn, *, budget_s, max_repeats, min_repeats=3):
     """Median wall time of ``fn()`` after one warm-up call; returns (median, repeats, result).
 
-    Calls over 2 s are not repeated further: the best of the warm-up and one more call.
+    Calls over 2 s are not repeated further: the best of the warm-up and one more call.  The
+    spread of the repeats goes to the run's interference check (:mod:`analysis._timing`).
     """
-    t0 = time.perf_counter()
-    result = fn()
-    first = time.perf_counter() - t0
-    if first > 2.0:  # slow methods (full SVD at large m): best of two calls, so that one
-        t0 = time.perf_counter()  # preemption by another job does not decide the number
-        fn()
-        return min(first, time.perf_counter() - t0), 2, result
-    times = []
-    while len(times) < max_repeats and (len(times) < min_repeats or sum(times) < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    if not times:
-        return first, 1, result
-    return statistics.median(times), len(times), result
+    timing, result = _timing.timeit(fn, budget_s=budget_s, max_repeats=max_repeats,
+                                    min_repeats=min_repeats)
+    if _MONITOR:
+        _MONITOR[-1].add(timing)
+    return timing.median, timing.repeats, result
 
 
 # -- section 1: projection methods -------------------------------------------------------
@@ -584,6 +581,9 @@ class _StepBench:
         captured = {k: v for k, v in held.items()
                     if k not in params and k not in grads and k not in state}
         opt.step()
+        if _MONITOR:
+            _MONITOR[-1].add(_timing.Timing(statistics.median(self.times), len(self.times),
+                                            _timing.relative_spread(self.times)))
         lora = _lora_numel(model)
         elem = next(model.parameters()).element_size()
         row = dict(
@@ -830,31 +830,55 @@ def _print_table(proj, floors, hard, opt_rows, seven, scaling, targets, sizes, o
                                 for k, v in targets.items()}))
 
 
-def run(fast=False):
-    """Run every section; returns ``(FigureResult, printable tables)``."""
-    from .registry import FigureResult, progress
+def _run_once(cfg, monitor, fast):
+    """One pass over every section, sampling the load between sections."""
+    from .registry import progress
+
+    _MONITOR.append(monitor)
+    try:
+        proj, floors = _projection(cfg, progress)
+        monitor.sample("projection")
+        hard = _hard(cfg, progress)
+        monitor.sample("hard spectra")
+        opt_rows, skipped = _optimizers(cfg, progress)
+        monitor.sample("optimizers")
+        from .bench_transformer import bench_section  # section 6: GPT-2-small shapes (issue 17)
+
+        gpt2 = bench_section(fast, progress)
+        monitor.sample("GPT-2 shapes")
+        seven = _seven_b(cfg, progress) if cfg["seven_b"] else []
+        if seven:
+            monitor.sample("7B shapes")
+    finally:
+        _MONITOR.remove(monitor)
+    return proj, floors, hard, opt_rows, skipped, seven, gpt2
+
+
+def run(fast=False, *, attempts=None):
+    """Run every section; returns ``(FigureResult, printable tables)``.
+
+    The run is checked for interference (:mod:`analysis._timing`: load average before and
+    during the run, spread of the repeats) and repeated up to ``attempts`` times (default 2,
+    1 with ``fast``) until accepted; ``result.extra["acceptance"]`` says whether it was.
+    """
+    from .registry import FigureResult
 
     cfg = FAST if fast else FULL
+    attempts = (1 if fast else 2) if attempts is None else attempts
     env = _environment()
-    load0 = os.getloadavg()
     t_start = time.perf_counter()
-    proj, floors = _projection(cfg, progress)
-    hard = _hard(cfg, progress)
-    opt_rows, skipped = _optimizers(cfg, progress)
-    from .bench_transformer import bench_section  # section 6: GPT-2-small shapes (issue 17)
-
-    gpt2_rows, gpt2_targets, gpt2_skip = bench_section(fast, progress)
+    run_once = lambda monitor: _run_once(cfg, monitor, fast)  # noqa: E731
+    (proj, floors, hard, opt_rows, skipped, seven, gpt2), verdict = _timing.run_until_accepted(
+        run_once, attempts=attempts, log=lambda msg: print(msg, file=sys.stderr))
+    gpt2_rows, gpt2_targets, gpt2_skip = gpt2
     if gpt2_skip:
         skipped["GPT-2-shaped step"] = gpt2_skip
-    seven = _seven_b(cfg, progress) if cfg["seven_b"] else []
     scaling = _scaling(proj)
     target_m = 2048 if 2048 in cfg["sizes"] else max(cfg["sizes"])
     targets = _targets(proj, floors, opt_rows, target_m)
-    env["loadavg_start"] = load0
-    env["loadavg_end"] = os.getloadavg()
     env["wall_s"] = time.perf_counter() - t_start
     fig = _plot(proj, hard, floors, opt_rows, cfg["sizes"])
-    notes = _notes(targets, skipped, fast)
+    notes = _notes(targets, skipped, fast, verdict)
     settings = dict(
         fast=fast, n_rows=N_ROWS, realistic_ratio=REALISTIC_RATIO, hard_ratios=HARD_RATIOS,
         lorsum_iters=LORSUM_ITERS, oversamples=OVERSAMPLES, dtype="float64 (7B: float32)",
@@ -864,12 +888,22 @@ def run(fast=False):
                   seven_b=seven, skipped=skipped, gpt2=gpt2_rows)
     metrics = dict(targets=targets, scaling_exponent=scaling, gpt2_targets=gpt2_targets)
     result = FigureResult(fig, settings, series, metrics, notes,
-                          extra={"description": "speed, accuracy and memory benchmark (issue 9)"})
+                          extra={"description": "speed, accuracy and memory benchmark (issue 9)",
+                                 "acceptance": verdict})
     return result, (proj, floors, hard, opt_rows, seven, scaling, targets, cfg["sizes"])
 
 
-def _notes(targets, skipped, fast):
+def _notes(targets, skipped, fast, verdict=None):
     lines = []
+    if verdict is not None:
+        if verdict["accepted"]:
+            lines.append(f"Run accepted by the interference check (load before "
+                         f"{verdict['load_before']:.2f}, peak {verdict['load_peak']:.2f} on "
+                         f"{verdict['cpu_count']} CPUs; median spread of the repeats "
+                         f"{verdict['median_spread']:.2f}).")
+        else:
+            lines.append("Run REJECTED by the interference check: "
+                         + "; ".join(verdict["reasons"]) + ". Its times are not to be trusted.")
     if fast:
         lines.append("--fast: small sizes and few repeats; the targets are defined at m = 2048.")
     lines.append("Timed side by side on a machine shared with other jobs: ratios, not absolute "
@@ -901,16 +935,30 @@ def _notes(targets, skipped, fast):
     return "\n".join(lines)
 
 
-def main(fast=False, out="figures"):
-    """``python -m analysis bench``: run, print the table, write ``bench.{png,pdf,json}``."""
-    from .registry import save
-
+@figure("bench", "speed, accuracy and memory benchmark (on demand: `--only bench` or "
+        "`python -m analysis bench`; refuses a noisy machine)", on_demand=True, threads=None)
+def bench_figure(*, fast: bool):
+    """The benchmark as a registered figure: prints its tables, returns the FigureResult."""
     result, tables = run(fast=fast)
     _print_table(*tables)
     if result.series.get("gpt2"):
         from .bench_transformer import format_rows
 
         print("\n" + format_rows(result.series["gpt2"]))
-    paths = save("bench", result, out)
+    return result
+
+
+def main(fast=False, out=None, *, force=False):
+    """``python -m analysis bench``: run, print the table, write ``bench.{png,pdf,json}``.
+
+    ``out=None`` is ``figures/`` for a full run and a temporary folder with ``fast``; a run
+    rejected by the interference check is never written into the committed ``figures/``
+    (it goes to a temporary folder) unless ``force``.
+    """
+    from .registry import output_dir, save
+
+    result = bench_figure(fast=fast)
+    folder = output_dir(out, fast=fast, force=force, result=result)
+    paths = save("bench", result, folder)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

@@ -2,7 +2,14 @@
 
 A builder is ``fn(*, fast: bool) -> FigureResult``.  It runs its experiment (or calls a run
 function that returns numbers), draws a matplotlib Figure and returns it with the numbers.
-:func:`save` writes ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` deterministically.
+:func:`build` runs it with fixed thread counts (:mod:`analysis._threads`), so the numbers do
+not depend on the machine's core count; :func:`save` writes ``NAME.png``, ``NAME.pdf`` and
+``NAME.json`` deterministically: the same code gives the same bytes.  Wall times are kept out
+of the JSON (keys ``seconds``, ``seconds_*``, ``*_seconds`` are dropped: they differ on every
+run); the CLI prints them instead.
+
+A figure registered with ``on_demand=True`` (the benchmark) is listed but only built when asked
+for by name (``--only``).
 """
 
 from __future__ import annotations
@@ -11,13 +18,29 @@ import importlib
 import json
 import math
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["FIGURES", "FigureResult", "figure", "load_all", "progress", "save"]
+__all__ = [
+    "COMMITTED_DIR",
+    "FIGURES",
+    "FigureResult",
+    "build",
+    "default_names",
+    "drop_timings",
+    "figure",
+    "is_committed",
+    "load_all",
+    "output_dir",
+    "progress",
+    "quiet",
+    "save",
+]
 
 #: Modules that register figures; each is imported by :func:`load_all`.
 FIGURE_MODULES = (
@@ -26,9 +49,17 @@ FIGURE_MODULES = (
     "analysis.figures.geolora",
     "analysis.figures.realdata",
     "analysis.figures.training",
+    "analysis.bench",
 )
 
 FIGURES: dict[str, tuple[str, object]] = {}
+#: Figures built only when named (``--only NAME``): the benchmark.
+ON_DEMAND: set[str] = set()
+#: Thread count each builder runs with (None: the machine's default, for timing).
+THREADS: dict[str, int | None] = {}
+
+#: The committed figures (``figures/`` next to the ``analysis`` package).
+COMMITTED_DIR = Path(__file__).resolve().parent.parent / "figures"
 
 
 @dataclass
@@ -43,16 +74,73 @@ class FigureResult:
     extra: dict = field(default_factory=dict)
 
 
-def figure(name, description):
-    """Decorator registering a figure builder under ``name``."""
+def figure(name, description, *, on_demand=False, threads=1):
+    """Decorator registering a figure builder under ``name``.
+
+    ``on_demand``: built only when named (not by a plain ``figures`` run).  ``threads``: the
+    torch/BLAS thread count the builder runs with (``None`` leaves the machine's default).
+    """
 
     def register(fn):
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
         FIGURES[name] = (description, fn)
+        THREADS[name] = threads
+        if on_demand:
+            ON_DEMAND.add(name)
         return fn
 
     return register
+
+
+def default_names():
+    """The figures a plain ``python -m analysis figures`` builds (all but the on-demand ones)."""
+    return sorted(n for n in FIGURES if n not in ON_DEMAND)
+
+
+def build(name, *, fast):
+    """Run the builder of ``name`` with its fixed thread count; return its FigureResult."""
+    from ._threads import fixed_threads
+
+    fn = FIGURES[name][1]
+    threads = THREADS.get(name, 1)
+    if threads is None:
+        return fn(fast=fast)
+    with fixed_threads(threads):
+        return fn(fast=fast)
+
+
+def is_committed(folder):
+    """Whether ``folder`` is the committed ``figures/`` folder."""
+    try:
+        return Path(folder).resolve() == COMMITTED_DIR
+    except OSError:
+        return False
+
+
+def output_dir(out, *, fast, force=False, result=None, log=print):
+    """Where a run writes: ``out``, or ``figures/`` (full) / a new temporary folder (fast).
+
+    The committed ``figures/`` only ever receive a full run whose result was not rejected
+    (``result.extra["acceptance"]["accepted"]``, set by the benchmark); otherwise, unless
+    ``force``, the files go to a temporary folder and ``log`` says why.
+    """
+    folder = Path(out) if out is not None else (None if fast else COMMITTED_DIR)
+    reason = None
+    if folder is None:
+        reason = "--fast"
+    elif is_committed(folder) and not force:
+        accepted = (result.extra.get("acceptance", {}).get("accepted", True)
+                    if result is not None else True)
+        if fast:
+            reason = "--fast results never replace the committed figures (use --force)"
+        elif not accepted:
+            reason = "the run was rejected as noisy; committed figures kept (use --force)"
+    if reason is None:
+        return folder
+    tmp = Path(tempfile.mkdtemp(prefix="lowrank_prox_figures_"))
+    log(f"{reason}: writing to {tmp}")
+    return tmp
 
 
 def load_all():
@@ -66,14 +154,43 @@ def load_all():
     return FIGURES
 
 
+def quiet():
+    """True when progress bars should stay off: stdout or stderr is not a terminal, or the
+    environment sets ``CI`` or ``LOWRANK_PROX_QUIET`` (to anything but ``""``, ``0``,
+    ``false``)."""
+
+    def flag(name):
+        return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
+
+    def tty(stream):
+        try:
+            return stream is not None and stream.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    return flag("CI") or flag("LOWRANK_PROX_QUIET") or not (tty(sys.stdout) and tty(sys.stderr))
+
+
 def progress(iterable, *, desc=None, total=None):
-    """A tqdm progress bar on a terminal, the plain iterable otherwise."""
-    quiet = not sys.stderr.isatty() or os.environ.get("LOWRANK_PROX_QUIET")
-    if quiet:
+    """A tqdm progress bar (on stderr) on a terminal, the plain iterable otherwise."""
+    if quiet():
         return iterable
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+_TIMING_KEY = re.compile(r"^seconds(_.*)?$|_seconds$")
+
+
+def drop_timings(obj):
+    """``obj`` without wall-time entries (keys ``seconds``, ``seconds_*``, ``*_seconds``)."""
+    if isinstance(obj, dict):
+        return {k: drop_timings(v) for k, v in obj.items()
+                if not (isinstance(k, str) and _TIMING_KEY.search(k))}
+    if isinstance(obj, list | tuple):
+        return [drop_timings(v) for v in obj]
+    return obj
 
 
 def to_jsonable(obj):
@@ -95,14 +212,17 @@ def to_jsonable(obj):
 
 def save(name, result: FigureResult, out_dir):
     """Write ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` into ``out_dir``; return the paths."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig = result.fig
     paths = [out / f"{name}.png", out / f"{name}.pdf", out / f"{name}.json"]
-    fig.savefig(paths[0], dpi=120, metadata={"Software": None})
-    fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None, "Producer": None})
+    with matplotlib.rc_context({"svg.hashsalt": "lowrank_prox", "pdf.compression": 6}):
+        fig.savefig(paths[0], dpi=120, metadata={"Software": None})
+        fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None,
+                                        "Producer": None, "Creator": None})
     plt.close(fig)
     sidecar = {
         "figure": name,
@@ -113,5 +233,7 @@ def save(name, result: FigureResult, out_dir):
         "metrics": result.metrics,
         **result.extra,
     }
+    if name not in ON_DEMAND:  # the benchmark's result *is* its times
+        sidecar = drop_timings(sidecar)
     paths[2].write_text(json.dumps(to_jsonable(sidecar), indent=1, sort_keys=True) + "\n")
     return paths
