@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from . import _validate, _xp
 from .factored import LowRankSum
-from .lorsum import _als, _cast, _lorsum_iv
+from .lorsum import _cast, _lorsum_iv, _solve
 
 __all__ = ["scaled_lorsum", "scaled_lorsum_objective"]
 
@@ -83,7 +83,7 @@ def scaled_lorsum(
     op, U, V, Ua, Va, lam, iters, start, out_dtype, P_in, P_out = _scaled_iv(
         target, U0, V0, metric_in, metric_out, iters, ridge, anchor, start, check_finite
     )
-    U, V = _als(
+    U, V = _solve(
         op, U, V, Ua, Va, lam, iters, start,
         v_step=lambda opT, W, anchor, lam_: _half_step(opT, W, anchor, P_out, lam_),
         u_step=lambda op_, W, anchor, lam_: _half_step(op_, W, anchor, P_in, lam_),
