@@ -841,6 +841,11 @@ def run(fast=False):
     proj, floors = _projection(cfg, progress)
     hard = _hard(cfg, progress)
     opt_rows, skipped = _optimizers(cfg, progress)
+    from .bench_transformer import bench_section  # section 6: GPT-2-small shapes (issue 17)
+
+    gpt2_rows, gpt2_targets, gpt2_skip = bench_section(fast, progress)
+    if gpt2_skip:
+        skipped["GPT-2-shaped step"] = gpt2_skip
     seven = _seven_b(cfg, progress) if cfg["seven_b"] else []
     scaling = _scaling(proj)
     target_m = 2048 if 2048 in cfg["sizes"] else max(cfg["sizes"])
@@ -856,8 +861,8 @@ def run(fast=False):
         **{k: v for k, v in cfg.items()}, environment=env,
     )
     series = dict(projection=proj, hard=hard, floor=floors, optimizers=opt_rows,
-                  seven_b=seven, skipped=skipped)
-    metrics = dict(targets=targets, scaling_exponent=scaling)
+                  seven_b=seven, skipped=skipped, gpt2=gpt2_rows)
+    metrics = dict(targets=targets, scaling_exponent=scaling, gpt2_targets=gpt2_targets)
     result = FigureResult(fig, settings, series, metrics, notes,
                           extra={"description": "speed, accuracy and memory benchmark (issue 9)"})
     return result, (proj, floors, hard, opt_rows, seven, scaling, targets, cfg["sizes"])
@@ -902,6 +907,10 @@ def main(fast=False, out="figures"):
 
     result, tables = run(fast=fast)
     _print_table(*tables)
+    if result.series.get("gpt2"):
+        from .bench_transformer import format_rows
+
+        print("\n" + format_rows(result.series["gpt2"]))
     paths = save("bench", result, out)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0

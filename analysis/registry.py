@@ -25,6 +25,7 @@ FIGURE_MODULES = (
     "analysis.figures.linear",
     "analysis.figures.geolora",
     "analysis.figures.realdata",
+    "analysis.figures.training",
 )
 
 FIGURES: dict[str, tuple[str, object]] = {}

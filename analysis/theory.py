@@ -635,3 +635,271 @@ def run_special_cases(cfg=SpecialConfig()):
         out[f"first_order_{key}_slope"] = loglog_slope(etas, vals)
     return out
 
+
+
+# -- issue 20: scaled LoRSum rate, low-rank momentum error, GeoLoRA inequalities, auto K ------
+
+
+@dataclass(frozen=True)
+class ScaledRateConfig:
+    """Scaled LoRSum (λ = 0) on ``T = P_out^{-1/2} Ỹ P_in^{-1/2}`` with Ỹ of known gap (SPEC §7).
+
+    Diagonal metrics with entries ``exp(N(0, metric_spread²))``; rates fitted as in
+    :class:`RateConfig` on the angle of ``P_out^{1/2} U_k`` to the top-r left singular subspace
+    of the weighted target ``P_out^{1/2} T P_in^{1/2} = Ỹ``.
+    """
+
+    m: int = 60
+    n: int = 40
+    rank: int = 4
+    ratios: tuple = (0.3, 0.6, 0.8)
+    iters: tuple = (20, 50, 100)
+    metric_spread: float = 1.0
+    k_min: int = 5
+    fit_lo: float = 1e-11
+    fit_hi: float = 1e-1
+    seed: int = 4
+
+
+def run_scaled_rates(cfg=ScaledRateConfig()):
+    """Scaled LoRSum is subspace iteration in the metric: ``tan θ(P_out^{1/2}U_k, Ũ*)`` contracts
+    by ``(σ̃_{r+1}/σ̃_r)²`` per iteration, σ̃ the singular values of ``P_out^{1/2} T P_in^{1/2}``;
+    against it, the rate of the *unweighted* target's gap (what the metric changes)."""
+    out = {}
+    for i, (ratio, K) in enumerate(zip(cfg.ratios, cfg.iters, strict=True)):
+        rng = np.random.default_rng([cfg.seed, i])
+        Yw, Uf, s, Vf = gap_matrix(cfg.m, cfg.n, cfg.rank, ratio, rng)
+        p_out = np.exp(cfg.metric_spread * rng.standard_normal(cfg.m))
+        p_in = np.exp(cfg.metric_spread * rng.standard_normal(cfg.n))
+        Tm = Yw / np.sqrt(p_out)[:, None] / np.sqrt(p_in)[None, :]
+        U = rng.standard_normal((cfg.m, cfg.rank))
+        V = rng.standard_normal((cfg.n, cfg.rank))
+        Ustar = Uf[:, : cfg.rank]
+        tan = [tan_max_angle(np.sqrt(p_out)[:, None] * U, Ustar)]
+        for _ in range(K):
+            U, V = lp.scaled_lorsum(Tm, U, V, metric_in=p_in, metric_out=p_out, iters=1)
+            tan.append(tan_max_angle(np.sqrt(p_out)[:, None] * U, Ustar))
+        tan = np.array(tan)
+        k = np.arange(K + 1)
+        rho = s[cfg.rank] / s[cfg.rank - 1]
+        rate, k1, k2 = fit_rate(k, tan, lo=cfg.fit_lo, hi=cfg.fit_hi, k_min=cfg.k_min)
+        s_plain = np.linalg.svd(Tm, compute_uv=False)
+        bound = rho ** (2 * k) * tan[0]
+        chk = (bound >= 1e-12) & (k >= 1)
+        out[ratio] = {
+            "k": k, "tan": tan, "rate_predicted": float(rho**2), "rate_measured": rate,
+            "rate_window": (k1, k2), "rate_exponent_err": exponent_error(rate, rho**2),
+            "unweighted_rate": float((s_plain[cfg.rank] / s_plain[cfg.rank - 1]) ** 2),
+            "bound_violation": float(np.max(tan[chk] / bound[chk])),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class MomentumConfig:
+    """Rank-r_M momentum ``M ← LoRSum_K(μM + G_t)`` (SPEC §6, d = 0) vs ``M^full ← μM^full + G_t``.
+
+    ``G_t = A + noise_t``: a fixed rank-``signal_rank`` part with singular values ``signal`` and
+    a fresh Gaussian ``noise·N(0,1)/√(mn)`` part each step (the gradient spectrum's tail).
+    """
+
+    m: int = 60
+    n: int = 40
+    signal_rank: int = 4
+    signal: tuple = (4.0, 3.0, 2.0, 1.5)
+    noise: float = 1.0
+    ranks: tuple = (2, 4, 8, 16)
+    mus: tuple = (0.5, 0.75, 0.9)
+    steps: int = 60
+    iters: int = 1
+    seed: int = 5
+
+
+def run_momentum_error(cfg=MomentumConfig()):
+    """``‖M_t − M_t^full‖`` of the low-rank momentum vs r_M and μ, with two predictions.
+
+    Exact (triangle inequality on ``E_t = (M_t − Z_t) + μE_{t−1}``, ``Z_t = μM_{t−1} + G_t``):
+    ``‖E_t‖ ≤ Σ_j μ^j ‖Z_{t−j} − M_{t−j}‖`` (the recursion of the measured per-step truncation
+    errors).  From the gradient spectrum: with τ = mean ``‖G_t − Π_{r_M}(G_t)‖`` (the tail of
+    the gradient's spectrum past r_M), ``τ/(1 − μ)`` (errors adding up coherently) and
+    ``τ/√(1 − μ²)`` (independent errors).  Steady state = mean over the second half.
+    """
+    rng = np.random.default_rng(cfg.seed)
+    m, n = cfg.m, cfg.n
+    A_u, _ = np.linalg.qr(rng.standard_normal((m, cfg.signal_rank)))
+    A_v, _ = np.linalg.qr(rng.standard_normal((n, cfg.signal_rank)))
+    A = (A_u * np.asarray(cfg.signal)) @ A_v.T
+    Gs = [A + cfg.noise * rng.standard_normal((m, n)) / math.sqrt(min(m, n))
+          for _ in range(cfg.steps)]
+    rows = []
+    for rM in cfg.ranks:
+        sig = [np.linalg.svd(G, compute_uv=False) for G in Gs]
+        tau = float(np.mean([math.sqrt(np.sum(s[rM:] ** 2)) for s in sig]))
+        for mu in cfg.mus:
+            r2 = np.random.default_rng([cfg.seed, rM])
+            MU, MV = np.zeros((m, rM)), r2.standard_normal((n, rM))
+            Mfull = np.zeros((m, n))
+            err, bound, b = [], [], 0.0
+            for t, G in enumerate(Gs):
+                Z = lp.LowRankSum([(mu, MU, MV), (1.0, G, np.eye(n))])
+                start = "u" if t == 0 else "v"
+                MU, MV = lp.lorsum(Z, MU, MV, iters=cfg.iters, start=start)
+                Zd = Z.to_dense()
+                Mfull = mu * Mfull + G
+                b = mu * b + float(np.linalg.norm(Zd - MU @ MV.T))
+                err.append(float(np.linalg.norm(MU @ MV.T - Mfull)))
+                bound.append(b)
+            half = cfg.steps // 2
+            rows.append({
+                "rank": rM, "mu": mu, "error": np.array(err), "bound": np.array(bound),
+                "steady_error": float(np.mean(err[half:])),
+                "tail_G": tau, "pred_coherent": tau / (1 - mu),
+                "pred_independent": tau / math.sqrt(1 - mu**2),
+                "bound_violation": float(np.max(np.array(err) / np.array(bound))),
+                "full_norm": float(np.linalg.norm(Mfull)),
+            })
+    return {"rows": rows}
+
+
+@dataclass(frozen=True)
+class GeoTheoryConfig:
+    """GeoLoRA steps on a matrix regression and on the linear task (SPEC §8, §9; reduced sizes).
+
+    Matrix regression: ``L(W) = ½‖X Wᵀ − X W*ᵀ‖²/N`` with W* of rank 4 (spectrum 4, 2, 1, 0.5)
+    and Gaussian X; linear task: ``L(W) = ½‖W − T‖²`` (X = I, T Gaussian); both start from a
+    rank-``rank0`` point, step ``lr_fraction/ℒ``.
+    """
+
+    m: int = 40
+    n: int = 30
+    n_samples: int = 120
+    rank0: int = 4
+    tau: float = 0.1
+    lr_fraction: float = 0.5
+    steps: int = 60
+    seed: int = 6
+
+
+def _geo_problem(kind, cfg, rng):
+    m, n = cfg.m, cfg.n
+    if kind == "matrix regression":
+        A, _ = np.linalg.qr(rng.standard_normal((m, 4)))
+        B, _ = np.linalg.qr(rng.standard_normal((n, 4)))
+        Ws = (A * np.array([4.0, 2.0, 1.0, 0.5])) @ B.T
+        X = rng.standard_normal((cfg.n_samples, n))
+        H = X.T @ X / cfg.n_samples
+        return (lambda W: 0.5 * float(np.sum((W - Ws) @ H * (W - Ws))),
+                lambda W: (W - Ws) @ H, float(np.linalg.eigvalsh(H)[-1]))
+    T_ = rng.standard_normal((m, n))
+    return (lambda W: 0.5 * float(np.sum((W - T_) ** 2)), lambda W: W - T_, 1.0)
+
+
+def run_geolora_theory(cfg=GeoTheoryConfig()):
+    """GeoLoRA's Theorems 1 and 3 as *reconstructed* here (their statements are not available,
+    reference/peers.md §1.6), measured along GeoLoRA runs.
+
+    With ``Ŵ_k = W_k − ηP_T(∇L(W_k))`` (the augmented step before truncation, SPEC §8) and
+    ``ϑ_k = ‖W_{k+1} − Ŵ_k‖`` (the truncation error; the rule guarantees ``ϑ_k < τ‖σ(Ŝ_k)‖``):
+
+    * descent (reconstruction of Thm 1, ℒ-smooth L):
+      ``L(W_{k+1}) ≤ L(W_k) − η(1 − ℒη/2)‖P_T∇L(W_k)‖² + ‖∇L(Ŵ_k)‖ϑ_k + ℒϑ_k²/2``;
+    * error bound (reconstruction of Thm 3, L convex and ℒ-smooth, η ≤ 2/ℒ, so full gradient
+      descent ``W̄_{k+1} = W̄_k − η∇L(W̄_k)`` from the same W_0 is non-expansive):
+      ``‖W_k − W̄_k‖ ≤ Σ_{j<k} (η ε_j + ϑ_j)``, ``ε_j = ‖(I − P_T)∇L(W_j)‖`` the normal part.
+
+    Returns per task the worst slack of each inequality (≤ 0 when it holds; relative to the
+    scale of its terms) and the curves.
+    """
+    out = {}
+    for i, kind in enumerate(("matrix regression", "linear task")):
+        rng = np.random.default_rng([cfg.seed, i])
+        loss, grad, Lc = _geo_problem(kind, cfg, rng)
+        eta = cfg.lr_fraction / Lc
+        U, _ = np.linalg.qr(rng.standard_normal((cfg.m, cfg.rank0)))
+        V, _ = np.linalg.qr(rng.standard_normal((cfg.n, cfg.rank0)))
+        S = 0.1 * np.eye(cfg.rank0)
+        W = U @ S @ V.T
+        Wbar = W.copy()
+        acc, desc_slack, err_slack, trunc_ok = 0.0, [], [], True
+        losses, errs, bounds, ranks = [loss(W)], [0.0], [0.0], [cfg.rank0]
+        for _ in range(cfg.steps):
+            G = grad(W)
+            PG = lp.tangent_project(G, U, V)
+            What = W - eta * PG
+            U, S, V = lp.geolora_step(U, S, V, G, eta, tau=cfg.tau)
+            Wn = U @ S @ V.T
+            theta = float(np.linalg.norm(Wn - What))
+            sig_hat = np.linalg.svd(What, compute_uv=False)
+            trunc_ok &= theta <= cfg.tau * float(np.linalg.norm(sig_hat)) * (1 + 1e-10) + 1e-13
+            rhs = (loss(W) - eta * (1 - Lc * eta / 2) * float(np.sum(PG**2))
+                   + float(np.linalg.norm(grad(What))) * theta + Lc * theta**2 / 2)
+            desc_slack.append((loss(Wn) - rhs) / max(loss(W), 1e-300))
+            acc += eta * float(np.linalg.norm(G - PG)) + theta
+            Wbar = Wbar - eta * grad(Wbar)
+            W = Wn
+            e = float(np.linalg.norm(W - Wbar))
+            err_slack.append((e - acc) / max(acc, 1e-300))
+            losses.append(loss(W))
+            errs.append(e)
+            bounds.append(acc)
+            ranks.append(S.shape[0])
+        out[kind] = {
+            "lr": eta, "smoothness": Lc, "loss": np.array(losses), "error": np.array(errs),
+            "error_bound": np.array(bounds), "rank": np.array(ranks),
+            "descent_max_slack": float(max(desc_slack)),
+            "error_max_slack": float(max(err_slack)),
+            "truncation_rule_holds": bool(trunc_ok),
+            "final_error_over_bound": errs[-1] / bounds[-1] if bounds[-1] > 0 else math.nan,
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class AutoLinearConfig:
+    """PSI-LoRA steps on the full-batch linear task (SPEC §9(a) at full size, no momentum):
+    ``W ← LoRSum(UVᵀ − ηG)``, ``G = 2(W − T)`` (sum-reduced MSE, X = I), λ = η·λ0."""
+
+    d_in: int = 200
+    d_out: int = 600
+    rank: int = 8
+    lr: float = 0.1
+    ridge0: float = 1e-3
+    epochs: int = 30
+    fixed: tuple = (1, 2, 8, 32)
+    tols: tuple = (1e-2, 1e-4, 1e-6)
+    max_iters: int = 200
+    seed: int = 0
+
+
+def run_auto_linear(cfg=AutoLinearConfig()):
+    """Iterations spent by ``iters="auto"`` (subspace test) vs the excess loss reached, next to
+    fixed K; excess = ‖W − T‖² − Σ_{i>r} σ_i(T)² after ``epochs`` steps."""
+    rng = np.random.default_rng(cfg.seed)
+    T_ = rng.standard_normal((cfg.d_in, cfg.d_out)).T
+    floor = float(np.sum(np.linalg.svd(T_, compute_uv=False)[cfg.rank:] ** 2))
+    b = 1 / math.sqrt(cfg.d_in)
+    U0s, s0, V0h = np.linalg.svd(rng.uniform(-b, b, (cfg.d_out, cfg.d_in)), full_matrices=False)
+    U0 = U0s[:, : cfg.rank] * np.sqrt(s0[: cfg.rank])
+    V0 = V0h[: cfg.rank].T * np.sqrt(s0[: cfg.rank])
+    lam = cfg.lr * cfg.ridge0
+    variants = [("K", K) for K in cfg.fixed] + [("auto", tol) for tol in cfg.tols]
+    rows = []
+    for kind, val in variants:
+        U, V = U0.copy(), V0.copy()
+        spent = 0
+        for _ in range(cfg.epochs):
+            W = U @ V.T
+            Y = lp.LowRankSum([(1.0, U, V), (-2 * cfg.lr, W - T_, np.eye(cfg.d_in))])
+            if kind == "K":
+                U, V = lp.lorsum(Y, U, V, iters=val, ridge=lam)
+                spent += val
+            else:
+                h = lp.lorsum_history(Y, U, V, iters="auto", tol=val, max_iters=cfg.max_iters,
+                                      ridge=lam)
+                U, V = h.U, h.V
+                spent += h.n_iter
+        excess = float(np.sum((U @ V.T - T_) ** 2)) - floor
+        rows.append({"variant": f"K={val}" if kind == "K" else f"auto tol={val:g}",
+                     "iterations": spent, "mean_K": spent / cfg.epochs,
+                     "excess": excess, "rel_excess": excess / floor})
+    return {"rows": rows, "floor": floor}

@@ -5,6 +5,7 @@ The core imports only NumPy, SciPy and array-api-compat; torch-only parts live i
 in each docstring.
 """
 
+from .diagnostics import subspace_diagnostics
 from .factored import LowRankSum
 from .geolora import geolora_step, geolora_tangent
 from .geometry import principal_angles, tangent_project
@@ -25,6 +26,7 @@ __all__ = [
     "principal_angles",
     "scaled_lorsum",
     "scaled_lorsum_objective",
+    "subspace_diagnostics",
     "svd_flip",
     "tangent_project",
     "truncated_svd",

@@ -29,11 +29,25 @@ from .factored import (
     _scaled_norm,
     as_operator,
 )
+from .geometry import principal_angles
 
 __all__ = ["LorsumHistory", "lorsum", "lorsum_history", "lorsum_objective"]
 
 
-def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_finite=True):
+def lorsum(
+    target,
+    U0,
+    V0,
+    *,
+    iters=1,
+    ridge=0.0,
+    anchor=None,
+    start="v",
+    tol=1e-6,
+    max_iters=100,
+    stop="subspace",
+    check_finite=True,
+):
     """Approximate Π_r(Y) by ``iters`` warm-started alternating ridge solves (SPEC §3, §4).
 
     Parameters
@@ -43,10 +57,11 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
     U0 : array of shape (m, r)
     V0 : array of shape (n, r)
         Warm start, ``Y ≈ U0 V0ᵀ``; ``1 <= r <= min(m, n)``.
-    iters : int, default 1
+    iters : int or "auto", default 1
         Number of alternating iterations; one iteration is a V-step then a U-step
-        (the reverse with ``start="u"``).  ``iters=0`` is the *Jacobi* step: both factors are
-        solved from the old point, ``V₊ = (λV_a + YᵀU0)(U0ᵀU0 + λI)⁻¹`` and
+        (the reverse with ``start="u"``).  ``"auto"`` iterates until the ``stop`` test passes
+        ``tol``, at most ``max_iters`` times (see Notes).  ``iters=0`` is the *Jacobi* step:
+        both factors are solved from the old point, ``V₊ = (λV_a + YᵀU0)(U0ᵀU0 + λI)⁻¹`` and
         ``U₊ = (λU_a + Y V0)(V0ᵀV0 + λI)⁻¹``.  For ``Y = U0V0ᵀ − ηG`` anchored at the start this
         is ScaledGD (λ = 0) or RPLoRA/PrecGD (λ > 0), SPEC §5.  Unlike an alternating step it
         may increase the objective.
@@ -56,6 +71,16 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
         Proximal anchor, default ``(U0, V0)``.
     start : {"v", "u"}
         Which factor the first half-step updates.
+    tol : float, default 1e-6
+        Tolerance of ``iters="auto"`` (ignored otherwise).  ``tol=0`` never stops early, so
+        the result is exactly that of ``iters=max_iters``.
+    max_iters : int, default 100
+        Cap on the iterations of ``iters="auto"``.
+    stop : {"subspace", "objective"}, default "subspace"
+        Stopping test of ``iters="auto"``, checked after every full iteration k ≥ 1:
+        ``"subspace"`` stops when ``sin θ_max(span F_k, span F_{k−1}) < tol`` for the factor
+        ``F`` updated last (``U`` with ``start="v"``; ``F_0`` is the warm start);
+        ``"objective"`` stops when the objective decrease ``f_{k−1} − f_k < tol · f_{k−1}``.
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs.
 
@@ -88,11 +113,19 @@ def lorsum(target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", check_
       ridge ``λ/a²``: the ridge scales like the *target*, not like the factors.  ``a`` is chosen
       so that the largest of ``‖Y‖, ‖U0‖², ‖V0‖², λ`` is near 1; ``ridge=1e308`` then returns
       the anchor, and a denormal ridge acts as the negligible ridge it is.
+
+    ``iters="auto"``: by Theorem 3.1 (SPEC §4, λ = 0) ``tan θ_k ≈ ρ^{2k} tan θ_0`` with
+    ``ρ = σ_{r+1}/σ_r``, so the subspace change between iterations is
+    ``≈ (1 − ρ²) tan θ_{k−1}`` and the angle left after stopping is about
+    ``ρ²/(1 − ρ²) · tol``.  Each test costs two thin QRs and two r×r SVDs (``"subspace"``)
+    or one product with ``Y`` (``"objective"``), never an m×n matrix.  The iteration count
+    actually spent is ``lorsum_history(...).n_iter``.
     """
     op, U, V, Ua, Va, lam, iters, start, out_dtype = _lorsum_iv(
         target, U0, V0, iters, ridge, anchor, start, check_finite
     )
-    U, V = _solve(op, U, V, Ua, Va, lam, iters, start)
+    iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
+    U, V = _solve(op, U, V, Ua, Va, lam, iters, start, until=until)
     return _cast(U, out_dtype), _cast(V, out_dtype)
 
 
@@ -111,9 +144,25 @@ class LorsumHistory:
     steps: tuple
     iterates: list | None = field(default=None, repr=False)
 
+    @property
+    def n_iter(self):
+        """Full iterations run (0 for the Jacobi step): what ``iters="auto"`` spent."""
+        return (len(self.steps) - 1) // 2
+
 
 def lorsum_history(
-    target, U0, V0, *, iters=1, ridge=0.0, anchor=None, start="v", keep_iterates=False
+    target,
+    U0,
+    V0,
+    *,
+    iters=1,
+    ridge=0.0,
+    anchor=None,
+    start="v",
+    tol=1e-6,
+    max_iters=100,
+    stop="subspace",
+    keep_iterates=False,
 ):
     """Run :func:`lorsum` and record the objective after every half-step (SPEC §3).
 
@@ -131,8 +180,9 @@ def lorsum_history(
         if keep_iterates:
             iterates.append((_cast(U_, out_dtype), _cast(V_, out_dtype)))
 
+    iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
     record("init", U, V)
-    U, V = _solve(op, U, V, Ua, Va, lam, iters, start, callback=record)
+    U, V = _solve(op, U, V, Ua, Va, lam, iters, start, callback=record, until=until)
     return LorsumHistory(
         U=_cast(U, out_dtype),
         V=_cast(V, out_dtype),
@@ -177,7 +227,8 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
         Ua, Va = anchor
         _validate.check_array(Ua, "anchor[0]", ndim=2, shape=(m, r), finite=check_finite)
         _validate.check_array(Va, "anchor[1]", ndim=2, shape=(n, r), finite=check_finite)
-    iters = _validate.check_int(iters, "iters", low=0)
+    if not (isinstance(iters, str) and iters == "auto"):
+        iters = _validate.check_int(iters, "iters", low=0)
     lam = _validate.check_real(ridge, "ridge", low=0.0)
     _validate.check_choice(start, "start", ("v", "u"))
 
@@ -198,7 +249,7 @@ def _window(dtype, xp):
     return int(math.log2(float(xp.finfo(dtype).max))) // 4
 
 
-def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, **steps):
+def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, until=None, **steps):
     """:func:`_als` in exactly rescaled variables when the data are badly scaled (see lorsum).
 
     The check costs one max-abs pass over each factor (``O((m + n)(r + Σ r_i))``, a dense
@@ -211,7 +262,7 @@ def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, **steps):
     elif isinstance(op, _Dense):
         opn, eY, moved = op, _exponent(op.to_dense(), xp), False
     else:  # protocol operators: products only, no cheap scale estimate
-        return _als(op, U, V, Ua, Va, lam, iters, start, callback, **steps)
+        return _als(op, U, V, Ua, Va, lam, iters, start, callback, until=until, **steps)
     eY = 0 if eY is None else eY
     ex = {name: _exponent(a, xp) for name, a in (("U", U), ("V", V))}
     ex["Ua"] = ex["U"] if Ua is U else _exponent(Ua, xp)
@@ -219,7 +270,7 @@ def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, **steps):
     eLam = math.frexp(lam)[1] if lam > 0 else None
     out = [e for e in ex.values() if e is not None and abs(e) > W]
     if not (moved or abs(eY) > W or out or (eLam is not None and eLam > W)):
-        return _als(op, U, V, Ua, Va, lam, iters, start, callback, **steps)
+        return _als(op, U, V, Ua, Va, lam, iters, start, callback, until=until, **steps)
 
     if lam > 0:
         sq = [eY] + [2 * e for e in ex.values() if e is not None] + [eLam]
@@ -262,8 +313,45 @@ def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, **steps):
         if callback is not None:
             callback(step, _ldexp(U_, scale["U"]), _ldexp(V_, scale["V"]))
 
-    Ur, Vr = _als(opn, Us, Vs, Uas, Vas, lam_s, iters, start, record, **steps)
+    until_s = None
+    if until is not None:
+
+        def until_s(U_, V_):  # the stopping test sees the true (unscaled) factors
+            return until(_ldexp(U_, scale["U"]), _ldexp(V_, scale["V"]))
+
+    Ur, Vr = _als(opn, Us, Vs, Uas, Vas, lam_s, iters, start, record, until=until_s, **steps)
     return _ldexp(Ur, scale["U"]), _ldexp(Vr, scale["V"])
+
+
+def _auto_iv(op, U0, V0, Ua, Va, lam, iters, start, tol, max_iters, stop):
+    """``(iteration cap, stopping test or None)`` for ``iters`` (an int or ``"auto"``)."""
+    if iters != "auto":
+        return iters, None
+    tol = _validate.check_real(tol, "tol", low=0.0)
+    max_iters = _validate.check_int(max_iters, "max_iters", low=1)
+    _validate.check_choice(stop, "stop", ("subspace", "objective"))
+    if tol == 0:
+        return max_iters, None
+    if stop == "objective":
+        prev = [_objective(op, U0, V0, Ua, Va, lam)]
+
+        def until(U, V):
+            f = _objective(op, U, V, Ua, Va, lam)
+            done = prev[0] - f < tol * prev[0]
+            prev[0] = f
+            return done
+
+        return max_iters, until
+
+    last = [U0 if start == "v" else V0]
+
+    def until(U, V):
+        F = U if start == "v" else V
+        sin = math.sin(float(principal_angles(F, last[0])[0]))
+        last[0] = F
+        return sin < tol
+
+    return max_iters, until
 
 
 def _cast(a, dtype):
@@ -284,11 +372,14 @@ def _half_step(op, W, anchor, lam):
     return _xp.spd_solve_right(R, gram)
 
 
-def _als(op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_step=None):
+def _als(
+    op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_step=None, until=None
+):
     """The one ALS loop behind lorsum, lorsum_history, scaled_lorsum and the optimizers (SPEC §3).
 
     ``v_step(opT, U, Va, lam)`` and ``u_step(op, V, Ua, lam)`` are the exact block minimisers;
     the default is the unscaled :func:`_half_step` (scaled LoRSum passes metric-weighted ones).
+    ``until(U, V)``, if given, is asked after every full iteration and ends the loop early.
     """
     v_step = v_step or _half_step
     u_step = u_step or _half_step
@@ -309,6 +400,8 @@ def _als(op, U, V, Ua, Va, lam, iters, start, callback=None, *, v_step=None, u_s
             else:
                 U = u_step(op, V, Ua, lam)
             report(side)
+        if until is not None and until(U, V):
+            break
     return U, V
 
 

@@ -55,11 +55,15 @@ def _environ(**values):
 def execute(nb, *, fast, timeout=CELL_TIMEOUT_S):
     """Execute ``nb`` in place in a fresh ``python3`` kernel started in this folder.
 
+    The kernel gets the repository root on ``PYTHONPATH`` (``analysis`` is not installed).
     ``fast`` sets ``LOWRANK_PROX_FAST=1`` (small sizes).  Plots use the kernel's inline backend
     (``MPLBACKEND`` is cleared for the kernel).  A cell that raises raises
     ``nbclient.exceptions.CellExecutionError``.  Returns the wall time in seconds.
     """
     env = {
+        # the repository root: ``analysis`` works from a clone and is not installed
+        "PYTHONPATH": os.pathsep.join([str(HERE.parent), *filter(None, [os.environ.get(
+            "PYTHONPATH")])]),
         "LOWRANK_PROX_FAST": "1" if fast else None,
         "LOWRANK_PROX_QUIET": "1",
         "MPLBACKEND": None,

@@ -55,7 +55,8 @@ dims = st.tuples(st.integers(1, 12), st.integers(1, 12))
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: "-".join(b))
-@given(seed=st.integers(0, 2**32 - 1), mn=dims, ranks=st.lists(st.integers(1, 5), min_size=1, max_size=4))
+@given(seed=st.integers(0, 2**32 - 1), mn=dims,
+       ranks=st.lists(st.integers(1, 5), min_size=1, max_size=4))
 def test_lowranksum_products_equal_dense(backend, seed, mn, ranks):
     be = Backend(*backend)
     rng = np.random.default_rng(seed)
@@ -119,7 +120,8 @@ def test_truncated_svd_matches_exact(backend, case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda b: "-".join(b))
-@given(seed=st.integers(0, 2**32 - 1), mn=dims, ranks=st.lists(st.integers(1, 4), min_size=1, max_size=3))
+@given(seed=st.integers(0, 2**32 - 1), mn=dims,
+       ranks=st.lists(st.integers(1, 4), min_size=1, max_size=3))
 def test_truncated_svd_of_lowranksum_never_forms_dense(backend, seed, mn, ranks):
     be = Backend(*backend)
     rng = np.random.default_rng(seed)
@@ -139,7 +141,8 @@ def test_truncated_svd_randomized_on_factored_target(xp, method):
     A = spectrum_matrix(rng, m, n, s)
     Ua, sa, Vah = np.linalg.svd(A, full_matrices=False)
     # the same matrix as a LowRankSum of two terms
-    Y = lp.LowRankSum([(1.0, xp.asarray(Ua * sa), xp.asarray(Vah.T)), (0.0, xp.asarray(Ua[:, :2]), xp.asarray(Vah[:2].T))])
+    Y = lp.LowRankSum([(1.0, xp.asarray(Ua * sa), xp.asarray(Vah.T)),
+                       (0.0, xp.asarray(Ua[:, :2]), xp.asarray(Vah[:2].T))])
     U, sv, Vh = lp.truncated_svd(Y, r, method=method, random_state=0)
     assert_svd(A, U, sv, Vh, r, xp, exact_s=s[:r])
     # deterministic: same seed, same result
@@ -224,7 +227,8 @@ def test_lorsum_jacobi_step_is_rplora_formula(xp):
     U, V = rng.standard_normal((m, r)), rng.standard_normal((n, r))
     D, X = rng.standard_normal((N, m)), rng.standard_normal((N, n))
     G = D.T @ X
-    Y = lp.LowRankSum([(1.0, xp.asarray(U), xp.asarray(V)), (-eta, xp.asarray(D.T), xp.asarray(X.T))])
+    Y = lp.LowRankSum([(1.0, xp.asarray(U), xp.asarray(V)),
+                       (-eta, xp.asarray(D.T), xp.asarray(X.T))])
     Un, Vn = lp.lorsum(Y, xp.asarray(U), xp.asarray(V), iters=0, ridge=lam)
     V_ref = V - eta * G.T @ U @ np.linalg.inv(U.T @ U + lam * np.eye(r))
     U_ref = U - eta * G @ V @ np.linalg.inv(V.T @ V + lam * np.eye(r))
@@ -362,8 +366,10 @@ def test_bad_input_messages(backend):
         (ValueError, "V0", lambda: lp.lorsum(Y, U0, be.asarray(np.ones((4, 2))))),
         (ValueError, "U0", lambda: lp.lorsum(Y, be.asarray(np.ones((5, 2))), V0)),
         (ValueError, "U0", lambda: lp.lorsum(Y, be.asarray(np.ones(6)), V0)),
-        (ValueError, "rank", lambda: lp.lorsum(Y, be.asarray(np.ones((6, 6))), be.asarray(np.ones((5, 6))))),
-        (ValueError, "anchor[0]", lambda: lp.lorsum(Y, U0, V0, anchor=(be.asarray(np.ones((6, 3))), V0))),
+        (ValueError, "rank",
+         lambda: lp.lorsum(Y, be.asarray(np.ones((6, 6))), be.asarray(np.ones((5, 6))))),
+        (ValueError, "anchor[0]",
+         lambda: lp.lorsum(Y, U0, V0, anchor=(be.asarray(np.ones((6, 3))), V0))),
         (TypeError, "anchor", lambda: lp.lorsum(Y, U0, V0, anchor=U0)),
         (ValueError, "ridge", lambda: lp.lorsum(Y, U0, V0, ridge=-1e-3)),
         (ValueError, "ridge", lambda: lp.lorsum(Y, U0, V0, ridge=float("nan"))),
@@ -382,7 +388,8 @@ def test_bad_input_messages(backend):
         (ValueError, "target", lambda: lp.lorsum(be.asarray(np.full((6, 5), np.inf)), U0, V0)),
         (ValueError, "B", lambda: Y @ be.asarray(np.ones((4, 2)))),
         (ValueError, "B must have shape", lambda: lp.principal_angles(U0, V0)),
-        (TypeError, "floating dtype", lambda: lp.lorsum(Y, be.xp.ones((6, 2), dtype=be.xp.int64), V0)),
+        (TypeError, "floating dtype",
+         lambda: lp.lorsum(Y, be.xp.ones((6, 2), dtype=be.xp.int64), V0)),
     ]
     for exc, needle, call in cases:
         with pytest.raises(exc, match=needle.replace("[", r"\[").replace("]", r"\]")):

@@ -1,6 +1,7 @@
 """The synthetic linear task of the paper's Figures 1 and 5 (SPEC §9, reference/paper.md §9.1–9.2).
 
-``W* = randn(d_in, d_out)``, inputs ``X = I_{d_in}`` (one sample per row of ``W*``), model
+``W* = randn(d_in, d_out)``, inputs ``X = I_{d_in}`` (one sample per row of ``W*``; or an
+orthogonal ``X`` with ``input_type="random"``, targets ``X W*``), model
 ``y = W x`` with ``W = W0 + U Vᵀ`` (out × in), base ``W0 = 0``, rank ``r``; the adapter starts at
 the top-``r`` SVD of a default-initialised ``nn.Linear(d_in, d_out)`` (``A = S½Vᵀ``,
 ``B = US½``).  The loss is the sum-reduced MSE; the reported metric after each epoch is the
@@ -49,6 +50,10 @@ class LinearTaskConfig:
 
     ``batch_size=None`` is full batch (one step per epoch); otherwise each epoch is one pass
     over the ``d_in`` shuffled samples in batches of ``batch_size`` (the last one smaller).
+    ``input_type`` is ``"eye"`` (``X = I``, the paper's runs) or ``"random"`` (the authors'
+    ``LinearSyntheticDataset(input_type="random")``: ``X = Q`` from the QR factorisation of
+    ``AAᵀ``, ``A = randn(d_in, d_in)``, an orthogonal matrix with dense rows; see
+    :func:`make_data`).
     """
 
     d_in: int = 200
@@ -57,6 +62,7 @@ class LinearTaskConfig:
     epochs: int = 100
     batch_size: int | None = None
     dtype: str = "float32"
+    input_type: str = "eye"
 
     def __post_init__(self):
         _validate.check_int(self.d_in, "d_in", low=1)
@@ -66,6 +72,7 @@ class LinearTaskConfig:
         if self.batch_size is not None:
             _validate.check_int(self.batch_size, "batch_size", low=1)
         _validate.check_choice(self.dtype, "dtype", ("float32", "float64"))
+        _validate.check_choice(self.input_type, "input_type", ("eye", "random"))
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,9 @@ class LinearRun:
 
 @dataclass(frozen=True)
 class LinearData:
-    """One seed's data: ``X = I`` (d_in × d_in), ``Y = W*`` (d_in × d_out) in the model dtype;
-    the target ``W*ᵀ = Y_r + Y_tail`` split at rank r (float64) and ``f_opt = ‖Y_tail‖²``."""
+    """One seed's data: inputs ``X`` (d_in × d_in, ``I`` or orthogonal), ``Y = X W*``
+    (d_in × d_out) in the model dtype; the target ``W*ᵀ = Y_r + Y_tail`` split at rank r
+    (float64) and ``f_opt = ‖Y_tail‖²``."""
 
     X: torch.Tensor
     Y: torch.Tensor
@@ -102,17 +110,29 @@ class LinearData:
 
 def make_data(config, seed):
     """The :class:`LinearData` of ``seed`` (``W* = randn(d_in, d_out)`` after
-    ``torch.manual_seed(seed)``)."""
+    ``torch.manual_seed(seed)``, then for ``input_type="random"`` ``A = randn(d_in, d_in)`` and
+    ``X = Q`` of ``qr(A Aᵀ)``, the authors' order of draws).
+
+    Because the random ``X`` is orthogonal, the full loss ``‖X Wᵀ − X W*‖² = ‖W − W*ᵀ‖²`` is
+    the one of ``X = I``, so ``f_opt`` and :func:`excess_loss` are unchanged; only the
+    mini-batch gradients differ (every sample touches every input coordinate).  The
+    authors' ``fopt`` for random inputs, ``‖W* − Y V_r V_rᵀ‖²`` with ``Y = X W*``, compares
+    ``W*`` to a rotated matrix and is not the optimum (their code marks it "not yet sure").
+    """
     dtype = getattr(torch, config.dtype)
     torch.manual_seed(seed)
     W_star = torch.randn(config.d_in, config.d_out, dtype=dtype)
+    X = torch.eye(config.d_in, dtype=dtype)
+    if config.input_type == "random":
+        A = torch.randn(config.d_in, config.d_in, dtype=dtype).to(torch.float64)
+        X = torch.linalg.qr(A @ A.T).Q.to(dtype)  # orthogonal to the model dtype's rounding
     T = W_star.T.to(torch.float64)
     U, s, Vh = torch.linalg.svd(T, full_matrices=False)
     r = config.rank
     Y_r = (U[:, :r] * s[:r]) @ Vh[:r]
     return LinearData(
-        X=torch.eye(config.d_in, dtype=dtype),
-        Y=W_star,
+        X=X,
+        Y=W_star if config.input_type == "eye" else X @ W_star,
         Y_r=Y_r,
         Y_tail=T - Y_r,
         f_opt=float((s[r:] ** 2).sum()),

@@ -444,7 +444,8 @@ def geolora_rank_adaptivity(*, fast: bool = False):
     )
     series = {
         "ranks0": list(cfg.ranks0),
-        **{f"{k}_{q}": res[k][q] for k in methods for q in ("final_rank", "rel_error", "final_loss")},
+        **{f"{k}_{q}": res[k][q]
+           for k in methods for q in ("final_rank", "rel_error", "final_loss")},
         "geolora_rank_traces": rank_traces,
     }
     settings = {**asdict(cfg), "fast": fast}
@@ -476,7 +477,6 @@ def _geolora_linear_model(config, seed):
 
 def _linear_task_methods():
     from analysis.experiments.linear import Method, paper_methods
-
     from lowrank_prox.optim import GeoLoRA
 
     keep = ("SVDLoRA", "PSI-LoRA x1", "PSI-LoRA x8")

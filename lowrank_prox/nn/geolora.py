@@ -1,4 +1,4 @@
-"""``GeoLoRALinear``: a frozen linear layer plus a ``U S Vᵀ`` adapter whose rank can change (SPEC §8)."""
+"""``GeoLoRALinear``: a frozen linear layer plus a ``U S Vᵀ`` adapter of changing rank (SPEC §8)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ class GeoLoRALinear(nn.Module):
         _validate.check_choice(init, "init", ("zero", "random"))
         init_scale = _validate.check_real(init_scale, "init_scale", low=0.0)
         kw = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw), requires_grad=False)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw),
+                                   requires_grad=False)
         self.bias = (
             nn.Parameter(torch.empty(out_features, **kw), requires_grad=False) if bias else None
         )

@@ -6,8 +6,27 @@ base :class:`LoRAOptimizer` (``lowrank_prox/optim/_base.py`` says how to subclas
 LoRA and full fine-tuning use ``torch.optim`` directly.
 """
 
-from ._base import CapturedGradient, LoRALayer, LoRAOptimizer, NonFiniteStepWarning
+try:
+    import torch  # noqa: F401
+except ModuleNotFoundError as exc:  # tested in tests/test_packaging.py
+    if exc.name != "torch":
+        raise
+    raise ImportError(
+        "lowrank_prox.optim needs PyTorch, which is not installed: "
+        "pip install 'lowrank_prox[torch]' (or install torch yourself)"
+    ) from exc
+
+from ._base import (
+    CapturedGradient,
+    LoRALayer,
+    LoRAOptimizer,
+    NonFiniteStepWarning,
+    step_in_backward,
+)
+from ._diagnostics import SubspaceDiagnostics, trainer_callback
+from ._peft import grad_norm_callback
 from .baselines import RPLoRA, SVDLoRA
+from .fista import PSILoRAFISTA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
 from .scaled import ScaledPSILoRA
@@ -19,8 +38,13 @@ __all__ = [
     "LoRAOptimizer",
     "NonFiniteStepWarning",
     "PSILoRA",
+    "PSILoRAFISTA",
     "ProjPSILoRA",
     "RPLoRA",
     "SVDLoRA",
     "ScaledPSILoRA",
+    "SubspaceDiagnostics",
+    "grad_norm_callback",
+    "step_in_backward",
+    "trainer_callback",
 ]

@@ -43,8 +43,10 @@ the last step is not stepped.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -53,7 +55,13 @@ from .. import _validate
 from ..factored import LowRankSum
 from ._capture import GradientCapture
 
-__all__ = ["CapturedGradient", "LoRALayer", "LoRAOptimizer", "NonFiniteStepWarning"]
+__all__ = [
+    "CapturedGradient",
+    "LoRALayer",
+    "LoRAOptimizer",
+    "NonFiniteStepWarning",
+    "step_in_backward",
+]
 
 
 class NonFiniteStepWarning(UserWarning):
@@ -116,9 +124,32 @@ class CapturedGradient:
         """``LowRankSum(extra + [coef · G])``: the target of a LoRSum call."""
         return LowRankSum([*extra, self.term(coef)], check_finite=False)
 
+    def to(self, dtype):
+        """The same gradient with its rows in ``dtype`` (``self`` if they already are)."""
+        if self.X.dtype == dtype and self.Delta.dtype == dtype:
+            return self
+        return CapturedGradient(self.X.to(dtype), self.Delta.to(dtype), self.scale)
+
+    def isfinite(self):
+        """Whether every captured row is finite (a Python bool)."""
+        return bool(self.X.isfinite().all() and self.Delta.isfinite().all())
+
     def norm_sq(self):
-        """``‖G‖² = scale² ⟨XXᵀ, ΔΔᵀ⟩`` without the m×n matrix (O(N²(m + n)))."""
-        return self.as_sum().norm() ** 2
+        """``‖G‖² = scale² ‖ΔᵀX‖²`` (a Python float), by the cheaper of two exact formulas.
+
+        ``⟨XXᵀ, ΔΔᵀ⟩`` costs ``N²(m + n)`` and forms no m×n matrix; the dense ``‖ΔᵀX‖²`` costs
+        ``N m n`` and holds one m×n matrix.  The Gram form is used when ``N (m + n) ≤ m n``
+        (few rows), the dense one otherwise (many tokens: at N = 2048 rows of a 768 → 2304
+        layer the Gram form is 3.6× the flops).
+        """
+        X, D = self.X, self.Delta
+        N, n = X.shape
+        m = D.shape[1]
+        if N * (m + n) <= m * n:
+            total = ((X @ X.mT) * (D @ D.mT)).sum()
+        else:
+            total = (D.mT @ X).square().sum()
+        return float(total) * self.scale**2
 
     def dense(self):
         """``G`` as an (out × in) tensor (for the baselines that keep full matrices)."""
@@ -210,6 +241,18 @@ class LoRAOptimizer(torch.optim.Optimizer):
         LoRA group's ``lr / lr_initial`` at each step, so one scheduler drives both.
     other_momentum, other_dampening : float
         Momentum of the default SGD for the other parameters.
+    Attributes
+    ----------
+    track_grad_norm : bool
+        Compute ``last_grad_norm`` at every step even without clipping (about one ``N m n``
+        product per layer); default False.  :class:`~lowrank_prox.optim.CapturedGradNormCallback`
+        sets it on the Trainer's logging steps.
+    last_grad_norm : float or None
+        ``‖g‖`` of the last step before clipping: the captured ``G`` of every LoRA layer and the
+        ``.grad`` of the other parameters (what ``max_grad_norm`` clips).  Set by steps that
+        clip or that run with ``track_grad_norm``; ``None`` before.
+    skipped_steps : int
+        Steps skipped because a gradient or an update was not finite.
     """
 
     def __init__(
@@ -277,6 +320,10 @@ class LoRAOptimizer(torch.optim.Optimizer):
                     )
             self._other_lr0 = [g["lr"] for g in self._other.param_groups]
         self.skipped_steps = 0
+        self.track_grad_norm = False
+        self.last_grad_norm = None
+        self._step_in_backward = False
+        self._ready = {}  # id(layer) -> _LayerResult computed in backward (step_in_backward)
         for layer in layers:
             layer.capture = GradientCapture(
                 layer.module, layer.in_features, layer.out_features, self
@@ -291,6 +338,15 @@ class LoRAOptimizer(torch.optim.Optimizer):
     def _layer_step(self, layer, grad, group, state):
         """Return ``((U_new, V_new), new_state)`` for one layer; see the module docstring."""
         raise NotImplementedError
+
+    #: Per-layer convergence recorder (:class:`lowrank_prox.optim.SubspaceDiagnostics`) or
+    #: ``None`` (off: :meth:`_diagnose` is one attribute test).
+    diagnostics = None
+
+    def _diagnose(self, layer, call, target, start, result, **info):
+        """Hand one LoRSum call (target, warm start, result) to :attr:`diagnostics`, if set."""
+        if self.diagnostics is not None:
+            self.diagnostics.record(layer, call, target, start, result, **info)
 
     def _ridge(self, group):
         """The proximal weight λ = η·λ0 of this step (SPEC §3), following the scheduled lr."""
@@ -322,15 +378,21 @@ class LoRAOptimizer(torch.optim.Optimizer):
         try:
             self._step()
         finally:
+            self._ready = {}
             for layer in self._layers:
                 layer.capture.clear()
         return loss
 
     def zero_grad(self, set_to_none=True):
-        """Zero ``.grad`` of all parameters and drop the captured rows that have a gradient."""
+        """Zero ``.grad`` of all parameters and free the captured rows that have a gradient.
+
+        With ``step_in_backward`` the steps computed in backward and not yet committed are
+        dropped too (like ``.grad``).
+        """
         super().zero_grad(set_to_none=set_to_none)
         if self._other is not None:
             self._other.zero_grad(set_to_none=set_to_none)
+        self._ready = {}
         for layer in self._layers:
             layer.capture.clear(completed_only=True)
 
@@ -372,7 +434,8 @@ class LoRAOptimizer(torch.optim.Optimizer):
             self._other.load_state_dict(other)
 
     # -- private --------------------------------------------------------------------------
-    def _step(self):
+    def _captured_work(self):
+        """``[(layer, CapturedGradient, group)]`` of the layers with rows, rows in their dtype."""
         work = []
         for group in self.param_groups:
             if group.get("kind") != "lora":
@@ -381,8 +444,55 @@ class LoRAOptimizer(torch.optim.Optimizer):
                 layer = self._layer_of[id(B)]
                 rows = layer.capture.rows()
                 if rows is not None:
-                    X, D = (t.to(layer.dtype) for t in rows)
-                    work.append((layer, CapturedGradient(X, D), group))
+                    work.append((layer, CapturedGradient(*rows), group))
+        return work
+
+    def _group_of(self, layer):
+        for group in self.param_groups:
+            if any(p is layer.B for p in group["params"]):
+                return group
+        raise KeyError(layer.name)  # pragma: no cover - every layer's B is in a group
+
+    def _compute(self, layer, grad, group):
+        """One layer's step in the compute dtype (the rows are cast here, one layer at a time)."""
+        (U, V), new_state = self._layer_step(layer, grad.to(layer.dtype), group,
+                                             self.state[layer.B])
+        return _LayerResult(layer, U, V, new_state)
+
+    def _backward_step(self, layer):
+        """``step_in_backward``: the step of ``layer`` as soon as its ``Δ`` is known.
+
+        Runs in the autograd hook that received the last pending ``Δ`` of the layer (after
+        every live forward call of it got its gradient: weight sharing is handled).  The rows
+        are taken from the capture and freed; the new factors and state are kept aside (they
+        are ``r (m + n)`` numbers) and written by ``step()``, because autograd still needs the
+        current ``lora_A``/``lora_B`` to propagate ``Δ`` through this layer.  The learning rate
+        is the group's at that moment, as in ``step()``.
+        """
+        if id(layer) in self._ready:
+            raise RuntimeError(
+                f"step_in_backward: layer {layer.name!r} received a second backward pass before "
+                "step(); gradient accumulation over several backward passes needs "
+                "step_in_backward=False (or call step() after every backward)"
+            )
+        rows = layer.capture.take()
+        if rows is None:  # pragma: no cover - on_ready fires after a gradient arrived
+            return
+        with torch.no_grad():
+            grad = CapturedGradient(*rows)
+            del rows
+            if grad.isfinite():
+                result = self._compute(layer, grad, self._group_of(layer))
+                if self.track_grad_norm:
+                    result.norm_sq = grad.to(layer.dtype).norm_sq()
+            else:
+                result = _LayerResult(layer, None, None, None)
+                result.finite = False
+        self._ready[id(layer)] = result
+
+    def _step(self):
+        work = self._captured_work()
+        ready = list(self._ready.values())
         others = [] if self._other is None else [
             p for g in self._other.param_groups for p in g["params"] if p.grad is not None
         ]
@@ -390,35 +500,34 @@ class LoRAOptimizer(torch.optim.Optimizer):
         if sync is not None:  # the global batch's gradients and one finiteness verdict
             work, finite = sync.synchronize(self, work, others)
         else:
-            finite = all(
-                bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for _, g, _ in work
-            )
+            finite = all(g.isfinite() for _, g, _ in work)
             finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
+        finite = finite and all(r.finite for r in ready)
         if not finite:
             return self._skip("a captured or other gradient contains NaN/Inf")
 
         clip = self.param_groups[0]["max_grad_norm"]
         coef = 1.0
-        if clip is not None:
-            total = sum(g.norm_sq() for _, g, _ in work)
+        if clip is not None or self.track_grad_norm:
+            total = sum(g.to(layer.dtype).norm_sq() for layer, g, _ in work)
+            total += sum(r.norm_sq or 0.0 for r in ready)
             total += sum(float(p.grad.double().pow(2).sum()) for p in others)
-            coef = min(1.0, clip / (total**0.5 + 1e-6))
-            for _, g, _ in work:
-                g.scale = coef
+            self.last_grad_norm = total**0.5
+            if clip is not None:
+                coef = min(1.0, clip / (total**0.5 + 1e-6))
+                for _, g, _ in work:
+                    g.scale = coef
 
-        results = []
+        results = ready
         for layer, grad, group in work:
-            state = self.state[layer.B]
-            (U, V), new_state = self._layer_step(layer, grad, group, state)
-            results.append((layer, U, V, new_state))
-        for _, U, V, new_state in results:
-            tensors = [U, V, *(v for v in new_state.values() if isinstance(v, torch.Tensor))]
-            if not all(bool(t.isfinite().all()) for t in tensors):
-                return self._skip("an update is not finite")
+            results.append(self._compute(layer, grad, group))
+        del work
+        if not all(r.update_is_finite() for r in results):
+            return self._skip("an update is not finite")
 
-        for layer, U, V, new_state in results:
-            layer.write(U, V)
-            self.state[layer.B] = new_state
+        for r in results:
+            r.layer.write(r.U, r.V)
+            self.state[r.layer.B] = r.state
         if others:
             if coef < 1.0:
                 for p in others:
@@ -435,3 +544,73 @@ class LoRAOptimizer(torch.optim.Optimizer):
             NonFiniteStepWarning,
             stacklevel=3,
         )
+
+
+class _LayerResult:
+    """One layer's new factors and state, committed by ``step()`` if every layer's is finite."""
+
+    __slots__ = ("U", "V", "finite", "layer", "norm_sq", "state")
+
+    def __init__(self, layer, U, V, state):
+        self.layer, self.U, self.V, self.state = layer, U, V, state
+        self.finite = True
+        self.norm_sq = None
+
+    def update_is_finite(self):
+        tensors = [self.U, self.V, *(v for v in self.state.values() if isinstance(v, torch.Tensor))]
+        return all(bool(t.isfinite().all()) for t in tensors)
+
+
+def step_in_backward(optimizer, enable=True):
+    """Make ``optimizer`` compute each layer's step in the backward pass; returns it.
+
+    Each LoRA layer's step (:meth:`LoRAOptimizer._layer_step`, the same computation as in
+    ``step()``) runs in the autograd hook that receives the layer's ``Δ``, once every live
+    forward call of the layer has its gradient; the layer's rows ``X``, ``Δ`` are freed there,
+    so the optimizer holds at most one layer's rows at a time instead of every layer's from
+    backward to ``step()``.  The new factors and state (``r (m + n)`` numbers per layer) are
+    kept aside and ``step()`` commits them after one NaN/Inf verdict over all layers (a
+    non-finite gradient or update anywhere skips the whole step, as usual), then steps the other
+    parameters.  The result equals the ordinary step (same arithmetic on the same rows).
+
+    Supported: every :class:`LoRAOptimizer` (PSI-LoRA with momentum, Proj. PSI-LoRA, Scaled
+    PSI-LoRA, SVDLoRA, RPLoRA), weight sharing (several calls of a layer in one backward), LR
+    schedulers, ``track_grad_norm`` (per-layer norms summed at ``step()``), bf16 models.
+    Not supported (a clear error): global clipping (``max_grad_norm``: every layer's norm is
+    needed before the first layer steps; ``ValueError`` here), gradient accumulation over
+    several backward passes per ``step()`` (``RuntimeError`` in the second backward: the first
+    one already consumed the rows), :func:`~lowrank_prox.optim.distributed.data_parallel` (the
+    step needs the global rows; ``ValueError``).  ``enable=False`` restores the ordinary mode.
+    """
+    if not isinstance(optimizer, LoRAOptimizer):
+        raise TypeError(
+            "optimizer must be a lowrank_prox.optim.LoRAOptimizer (PSILoRA, ScaledPSILoRA, ...); "
+            f"got {type(optimizer).__name__}"
+        )
+    if not isinstance(enable, bool):
+        raise TypeError(f"enable must be a bool; got {type(enable).__name__}")
+    if enable:
+        clip = optimizer.param_groups[0]["max_grad_norm"]
+        if clip is not None:
+            raise ValueError(
+                "step_in_backward cannot clip globally (every layer's norm is needed before the "
+                f"first layer steps); got an optimizer with max_grad_norm={clip}"
+            )
+        if getattr(optimizer, "_data_parallel", None) is not None:
+            raise ValueError(
+                "step_in_backward does not combine with data_parallel (the step needs the "
+                "global batch's rows); got a data-parallel optimizer"
+            )
+    optimizer._ready = {}
+    optimizer._step_in_backward = enable
+    ref = weakref.ref(optimizer)
+    for layer in optimizer._layers:
+        layer.capture.on_ready = functools.partial(_on_ready, ref, layer) if enable else None
+    return optimizer
+
+
+def _on_ready(optimizer_ref, layer):
+    """``GradientCapture.on_ready`` of ``step_in_backward`` (holds the optimizer weakly)."""
+    optimizer = optimizer_ref()
+    if optimizer is not None:
+        optimizer._backward_step(layer)

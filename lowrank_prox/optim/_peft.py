@@ -49,6 +49,13 @@ the head, by a norm that includes the unused adapter ``.grad``.  Gradient checkp
 reentrant or not, captures the same ``G`` (a recomputed forward whose output gets no gradient
 is ignored; tests/test_hf.py).
 
+Logged gradient norm.  The Trainer logs ``grad_norm`` from ``clip_grad_norm_`` over the
+parameters' ``.grad``, i.e. from the unused autograd gradients of the adapter factors.  Pass
+``callbacks=[grad_norm_callback(opt)]``: on the Trainer's logging steps it has the optimizer
+compute ``last_grad_norm`` (``‖g‖`` of the captured ``G`` of every LoRA layer and the other
+parameters' ``.grad``, what ``max_grad_norm`` clips; free when the optimizer clips) and puts it in
+the logs and ``trainer.state.log_history`` in place of the Trainer's value.
+
 Nothing here imports ``peft``: layers are recognised by their attributes (``lora_A``/``lora_B``
 ``nn.ModuleDict``, ``scaling`` dict, ``active_adapters``).
 """
@@ -60,7 +67,7 @@ from torch import nn
 
 from ._base import LoRALayer
 
-__all__ = ["PeftLoRALayer", "is_peft_lora_layer", "peft_lora_layer"]
+__all__ = ["PeftLoRALayer", "grad_norm_callback", "is_peft_lora_layer", "peft_lora_layer"]
 
 
 def is_peft_lora_layer(module):
@@ -152,3 +159,52 @@ def peft_lora_layer(name, module):
     layer = PeftLoRALayer(name, module, adapter)
     layer.scaling  # validate now  # noqa: B018
     return layer
+
+
+def grad_norm_callback(optimizer):
+    """A ``transformers.TrainerCallback`` logging the captured ``‖g‖`` as ``grad_norm``.
+
+    Use ``Trainer(..., optimizers=(opt, None), callbacks=[grad_norm_callback(opt)])``.  Before
+    each step the Trainer will log (``logging_strategy="steps"``: every ``logging_steps``-th
+    global step, and the first with ``logging_first_step``; otherwise every step), it sets
+    ``optimizer.track_grad_norm``; when the Trainer logs, it replaces ``grad_norm`` by
+    ``optimizer.last_grad_norm`` (see the module docstring).  Works with ``step_in_backward``.
+    ``callbacks=[...]`` runs it after the Trainer's printer and reporters (they would show the
+    old value; ``log_history`` is corrected); to have them show it, insert it first:
+    ``trainer.callback_handler.callbacks.insert(0, grad_norm_callback(opt))``.
+    """
+    from ._base import LoRAOptimizer
+
+    if not isinstance(optimizer, LoRAOptimizer):
+        raise TypeError(
+            "optimizer must be a lowrank_prox.optim.LoRAOptimizer (PSILoRA, ScaledPSILoRA, ...); "
+            f"got {type(optimizer).__name__}"
+        )
+    from transformers import TrainerCallback
+
+    class CapturedGradNormCallback(TrainerCallback):
+        """Logs ``optimizer.last_grad_norm`` as ``grad_norm`` (see :func:`grad_norm_callback`)."""
+
+        def __init__(self, opt):
+            self.optimizer = opt
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            step = state.global_step + 1  # the global step this update will become
+            every = args.logging_steps
+            if getattr(args.logging_strategy, "value", args.logging_strategy) != "steps":
+                logged = True
+            elif every < 1:  # a ratio of the total steps: computed by the Trainer
+                logged = True
+            else:
+                logged = step % int(every) == 0 or (step == 1 and args.logging_first_step)
+            self.optimizer.track_grad_norm = bool(logged)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            value = self.optimizer.last_grad_norm
+            if logs is None or "grad_norm" not in logs or value is None:
+                return
+            logs["grad_norm"] = value
+            if state.log_history and "grad_norm" in state.log_history[-1]:
+                state.log_history[-1]["grad_norm"] = value
+
+    return CapturedGradNormCallback(optimizer)

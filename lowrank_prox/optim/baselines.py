@@ -7,6 +7,7 @@ Plain LoRA (SGD/AdamW on ``lora_A``, ``lora_B``) and full fine-tuning need no cl
 from __future__ import annotations
 
 from .. import _validate, _xp
+from ..factored import LowRankSum
 from ..svd import truncated_svd
 from ._base import LoRAOptimizer
 from ._base import ridge_gram as _gram
@@ -72,6 +73,9 @@ def _rule_step(W, g, state, key, group, step):
 class SVDLoRA(LoRAOptimizer):
     """Full step then rank-r projection, ``W ← Π_r(W − η·step(G))`` (SPEC §2, Proposition 1).
 
+    Options (off by default): singular-value soft-thresholding (``threshold``) and FISTA
+    extrapolation after the projection (``extrapolation``).
+
     Each layer keeps its full adapter ``Ŵ = B A`` (out × in); the step applies SGD(-momentum)
     or Adam(W) to ``Ŵ`` with the dense gradient ``G = Δᵀ X`` and its own full-size state
     (``momentum_buffer`` or ``exp_avg``/``exp_avg_sq``, out × in), then projects by the exact
@@ -88,6 +92,25 @@ class SVDLoRA(LoRAOptimizer):
     optimizer : {"sgd", "adam", "adamw"}, default "sgd"
     betas, eps, weight_decay
         Adam(W) settings; ``weight_decay`` is L2 for "sgd"/"adam", decoupled for "adamw".
+    threshold : float, default 0
+        τ ≥ 0: singular-value soft-thresholding in the projection, ``σ_i ← max(σ_i − τ, 0)``
+        for the top r (the prox of ``τ‖·‖_*`` restricted to rank ≤ r; the authors'
+        ``SVDLoRALinear.project(threshold=τ)``).  τ is absolute: LR schedules do not move it
+        (set ``τ = η β`` for the proximal gradient step of ``β‖W‖_*``).  The authors' dense layer
+        keeps every singular value above τ; a rank-r layer keeps at most r.
+    extrapolation : float, default 0
+        μ ∈ [0, 1): FISTA extrapolation after the projection (the authors' ``SVDFISTACallback``
+        with ``reproject_back=True``).  With ``x_k`` the projected point of step k
+        (``x_0`` = the adapter at the first step)::
+
+            x_{k+1} = Π_r^τ(y_k − η·step(G)),    y_{k+1} = Π_r((1 + μ) x_{k+1} − μ x_k)
+
+        and the layer holds ``y``.  The extrapolation has rank ≤ 2r and is projected back to r
+        by the exact factored SVD (no m×n matrix); the authors' default keeps the rank-2r
+        dense matrix in their dense ``lora_W``, which a rank-r layer cannot hold.  Their
+        callback also skips the first extrapolation (``x_0 = x_1``); here ``x_0`` is the
+        starting adapter, as in their ``OPLoraOptimizerFISTA``.  State: ``prev_U``,
+        ``prev_V`` (the factors of ``x_k``).
     max_grad_norm, other_optimizer, other_momentum, other_dampening
         As :class:`LoRAOptimizer` (default SGD for other parameters uses ``momentum``).
     """
@@ -103,12 +126,18 @@ class SVDLoRA(LoRAOptimizer):
         betas=(0.9, 0.999),
         eps=1e-8,
         weight_decay=0.0,
+        threshold=0.0,
+        extrapolation=0.0,
         max_grad_norm=None,
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
     ):
         defaults = _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay)
+        defaults["threshold"] = _validate.check_real(threshold, "threshold", low=0.0)
+        defaults["extrapolation"] = _validate.check_real(
+            extrapolation, "extrapolation", low=0.0, high=1.0, high_open=True
+        )
         super().__init__(
             model,
             lr,
@@ -126,9 +155,20 @@ class SVDLoRA(LoRAOptimizer):
         U, V = layer.factors()
         W, entries = _rule_step(U @ V.mT, grad.dense(), state, "", group, state["step"])
         Ur, s, Vh = truncated_svd(W, layer.rank, check_finite=False)
+        if group["threshold"] > 0:
+            s = (s - group["threshold"]).clamp_min(0.0)
         root = s.sqrt()
+        U1, V1 = Ur * root, Vh.mT * root
         new_state = {**state, **entries, "step": state["step"] + 1}
-        return (Ur * root, Vh.mT * root), new_state
+        mu = group["extrapolation"]
+        if mu > 0:
+            Up, Vp = state.get("prev_U", U), state.get("prev_V", V)
+            y = LowRankSum([(1.0 + mu, U1, V1), (-mu, Up, Vp)], check_finite=False)
+            Uy, sy, Vhy = truncated_svd(y, layer.rank, check_finite=False)
+            new_state.update(prev_U=U1, prev_V=V1)
+            root = sy.sqrt()
+            U1, V1 = Uy * root, Vhy.mT * root
+        return (U1, V1), new_state
 
 
 class RPLoRA(LoRAOptimizer):

@@ -264,6 +264,20 @@ class DistributedCapturedGradient(CapturedGradient):
     def shape(self):
         return (self.Delta_local.shape[1], self.X_local.shape[1])
 
+    def to(self, dtype):
+        """The same gradient with the local rows in ``dtype`` (no communication)."""
+        if self.X_local.dtype == dtype and self.Delta_local.dtype == dtype:
+            return self
+        out = DistributedCapturedGradient(self.X_local.to(dtype), self.Delta_local.to(dtype),
+                                          self._comm, self._sizes, self.scale)
+        if self._rows is not None:
+            out._rows = tuple(t.to(dtype) for t in self._rows)
+        return out
+
+    def isfinite(self):
+        """Whether this worker's rows are finite (the workers agree in ``synchronize``)."""
+        return bool(self.X_local.isfinite().all() and self.Delta_local.isfinite().all())
+
     def as_sum(self, coef=1.0, *, extra=()):
         """``extra + coef·G`` as a :class:`DistributedLowRankSum` (rows stay local).
 
@@ -322,8 +336,8 @@ class _DataParallel:
             if int(col.max()) == 0:
                 continue
             sizes = [max(int(c) - 1, 0) for c in col]
-            if id(layer) in local:
-                X, D = local[id(layer)].X, local[id(layer)].Delta
+            if id(layer) in local:  # in the compute dtype: every worker sends the same dtype
+                X, D = (t.to(layer.dtype) for t in (local[id(layer)].X, local[id(layer)].Delta))
             else:
                 kw = {"dtype": layer.dtype, "device": layer.B.device}
                 X = torch.zeros(0, layer.in_features, **kw)
@@ -405,6 +419,11 @@ def data_parallel(
                        ("broadcast", broadcast)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {type(flag).__name__}")
+    if getattr(optimizer, "_step_in_backward", False):
+        raise ValueError(
+            "data_parallel does not combine with step_in_backward (the step needs the global "
+            "batch's rows); got an optimizer stepping in backward"
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "data_parallel needs an initialised torch.distributed process group; call "

@@ -109,7 +109,8 @@ class GeoLoRA(torch.optim.Optimizer):
             grads = [p.grad for p in (U, S, V)]
             if all(g is None for g in grads):
                 continue
-            grads = [torch.zeros_like(p) if g is None else g for p, g in zip((U, S, V), grads)]
+            grads = [torch.zeros_like(p) if g is None else g
+                     for p, g in zip((U, S, V), grads, strict=True)]
             if not all(bool(torch.isfinite(g).all()) for g in grads):
                 continue
             m, n = layer.out_features, layer.in_features

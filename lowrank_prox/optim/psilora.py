@@ -8,6 +8,7 @@ from .. import _validate, _xp
 from ..lorsum import lorsum
 from ._base import LoRAOptimizer
 from ._base import ridge_gram as _gram
+from ._options import check_options, init_residual, quartic_shrink, residual_update
 
 __all__ = ["PSILoRA", "ProjPSILoRA"]
 
@@ -62,9 +63,27 @@ class PSILoRA(LoRAOptimizer):
         Implicit global clipping (see :class:`LoRAOptimizer`).
     seed : int or None
         Seed of the momentum sketches ``M_V`` (default: torch's global generator).
+    use_momentum_residual : bool, default False
+        Error feedback for the momentum: a rank-``residual_rank`` residual ``E`` of what the
+        momentum compression dropped is added back into the next momentum call (the authors'
+        option; formulas in :mod:`lowrank_prox.optim._options`).  Needs ``momentum > 0``.
+    residual_rank : int or None
+        r_E, default ``min(in, out)``.
+    quartic_kernel : {"none", "scalar", "gram"}, default "none"
+        Bregman quartic rescaling of each step (the authors' ``scalar_quartic_shrinkage_``,
+        ``gram_quartic_shrinkage_``), see :mod:`lowrank_prox.optim._options`.
+    quartic_sigma, quartic_alpha : float, default 1e-3, 1e-2
+        σ, α ≥ 0 of the scalar kernel ``(σ/2)‖X‖² + (α/4)‖X‖⁴``.
+    quartic_gamma : float, default 1e-2
+        γ ≥ 0 of the Gram kernel ``(γ/4)‖UᵀU + VVᵀ‖²``.
     other_optimizer, other_momentum, other_dampening
         Optimizer of the other trainable parameters; by default SGD with ``lr``, ``momentum``
         and ``dampening``.
+    diagnostics : bool or SubspaceDiagnostics, default False
+        Record, per layer and step, how close each LoRSum call (step and momentum) came to
+        Π_r of its target next to Theorem 3.1's prediction
+        (:class:`lowrank_prox.optim.SubspaceDiagnostics`, then ``optimizer.diagnostics``).
+        Off by default and then free.
 
     Notes
     -----
@@ -87,11 +106,20 @@ class PSILoRA(LoRAOptimizer):
         momentum_ridge=None,
         max_grad_norm=None,
         seed=None,
+        use_momentum_residual=False,
+        residual_rank=None,
+        quartic_kernel="none",
+        quartic_sigma=1e-3,
+        quartic_alpha=1e-2,
+        quartic_gamma=1e-2,
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        diagnostics=False,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
+        options = check_options(use_momentum_residual, residual_rank, momentum, quartic_kernel,
+                                quartic_sigma, quartic_alpha, quartic_gamma)
         if momentum_rank is not None:
             momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
         momentum_ridge = ridge if momentum_ridge is None else _validate.check_real(
@@ -110,12 +138,17 @@ class PSILoRA(LoRAOptimizer):
                 "dampening": dampening,
                 "momentum_rank": momentum_rank,
                 "momentum_ridge": momentum_ridge,
+                **options,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
+        if diagnostics is not False:
+            from ._diagnostics import SubspaceDiagnostics
+
+            SubspaceDiagnostics.attach_to(self, diagnostics)
 
     def _init_layer_state(self, layer, group):
         state = {"step": 0}
@@ -128,6 +161,8 @@ class PSILoRA(LoRAOptimizer):
                 layer.out_features, r_M, dtype=layer.dtype, device=layer.B.device
             )
             state["momentum_V"] = M_V.to(dtype=layer.dtype, device=layer.B.device)
+            if group["use_momentum_residual"]:
+                state.update(init_residual(layer, group, self._generator))
         return state
 
     def _layer_step(self, layer, grad, group, state):
@@ -140,16 +175,28 @@ class PSILoRA(LoRAOptimizer):
             terms.append((-lr * mu, M_U, M_V))
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
         U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), check_finite=False)
-        new_state = {**state, "step": state["step"] + 1}
+        U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
+        step = state["step"] + 1
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K,
+                       ridge=self._ridge(group), step=step)
+        new_state = {**state, "step": step}
         if has_momentum:
             lam_M = lr * group["momentum_ridge"]
+            residual = "residual_U" in state  # use_momentum_residual
+            extra = [(mu, M_U, M_V)]
+            if residual:
+                extra.append((1.0, state["residual_U"], state["residual_V"]))
             # With λ = 0 a V-step from M_U = 0 has no information (pinv of a zero Gram gives
             # M_V = 0 for good): start the first call with the U-step, the range finder.
             start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
-            M_U, M_V = lorsum(
-                grad.as_sum(1.0 - d, extra=[(mu, M_U, M_V)]), M_U, M_V,
-                iters=max(K, 1), ridge=lam_M, start=start, check_finite=False,
-            )
+            target_M = grad.as_sum(1.0 - d, extra=extra)
+            M_U1, M_V1 = lorsum(target_M, M_U, M_V, iters=max(K, 1), ridge=lam_M, start=start,
+                                check_finite=False)
+            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
+                           iters=max(K, 1), ridge=lam_M, side=start, step=step)
+            M_U, M_V = M_U1, M_V1
+            if residual:
+                new_state.update(residual_update(grad, state, mu, d, (M_U, M_V), K, lam_M))
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
         return (U1, V1), new_state
 
