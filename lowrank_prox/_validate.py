@@ -13,6 +13,7 @@ from . import _xp
 
 __all__ = [
     "check_array",
+    "check_bool",
     "check_choice",
     "check_finite",
     "check_int",
@@ -31,6 +32,16 @@ def check_int(value, name, *, low=None, high=None):
     if high is not None and value > high:
         raise ValueError(f"{name} must be <= {high}; got {value}")
     return value
+
+
+def check_bool(value, name):
+    """Return ``value`` if it is a ``bool`` (NumPy's ``bool_`` too); ``TypeError`` otherwise.
+
+    Strings such as ``"no"`` are truthy, so accepting them would silently mean ``True``.
+    """
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"{name} must be True or False; got {value!r} of type {type(value).__name__}")
 
 
 def check_real(value, name, *, low=None, high=None, low_open=False, high_open=False):
@@ -72,6 +83,7 @@ def check_array(x, name, *, ndim=None, shape=None, finite=True):
     """
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be an array; got {type(x).__name__}")
+    _check_plain_numpy(x, name)
     if ndim is not None and len(x.shape) != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional; got shape {tuple(x.shape)}")
     if shape is not None:
@@ -85,6 +97,31 @@ def check_array(x, name, *, ndim=None, shape=None, finite=True):
     if finite:
         check_finite(x, name)
     return x
+
+
+def _check_plain_numpy(x, name):
+    """Refuse NumPy array subclasses and dtypes whose semantics the core cannot honour.
+
+    ``np.matrix`` changes what ``*`` and indexing mean, a masked array's mask would be silently
+    ignored by every product, and ``longdouble`` is not supported by ``numpy.linalg``.
+    """
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        if isinstance(x, np.matrix):
+            raise TypeError(f"{name} must be a 2-D ndarray, not np.matrix; use np.asarray({name})")
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError(
+                f"{name} is a masked array; its mask cannot be honoured: fill the masked "
+                f"entries ({name}.filled(value)) or pass np.asarray({name}) to ignore the mask"
+            )
+        if type(x) is not np.ndarray:
+            raise TypeError(f"{name} must be a plain ndarray; got the subclass {type(x).__name__}")
+        if x.dtype.kind == "f" and x.dtype.itemsize > 8:
+            raise TypeError(
+                f"{name} has dtype {x.dtype}, which numpy.linalg does not support; use float64 "
+                "(or float32)"
+            )
 
 
 def check_finite(x, name):

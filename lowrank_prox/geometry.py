@@ -23,7 +23,9 @@ def principal_angles(A, B):
 
     Returns
     -------
-    theta : array of shape (min(rank A, rank B),), in ``[0, π/2]``, descending.
+    theta : array of shape (min(rank A, rank B),), in ``[0, π/2]``, descending, in the promoted
+        dtype of ``A`` and ``B`` (float16/bfloat16 inputs are computed in float32, then cast
+        back).
     """
     _validate.check_array(A, "A", ndim=2)
     _validate.check_array(B, "B", ndim=2, shape=(A.shape[0], None))
@@ -34,7 +36,7 @@ def principal_angles(A, B):
         QA, QB = QB, QA
     k = QB.shape[1]
     if k == 0:
-        return xp.zeros((0,), dtype=work, device=_xp.device(A))
+        return xp.zeros((0,), dtype=xp.result_type(A.dtype, B.dtype), device=_xp.device(A))
     C = QA.mT @ QB
     cos = xp.linalg.svdvals(C)  # descending -> angles ascending
     sin = xp.linalg.svdvals(QB - QA @ C)  # descending -> angles descending
@@ -43,7 +45,8 @@ def principal_angles(A, B):
     from_cos = xp.acos(xp.clip(cos_by_angle_desc, max=one))
     from_sin = xp.asin(xp.clip(sin[:k], max=one))
     theta = xp.where(cos_by_angle_desc**2 >= 0.5, from_sin, from_cos)
-    return xp.astype(theta, xp.result_type(A.dtype, B.dtype)) if work != theta.dtype else theta
+    out = xp.result_type(A.dtype, B.dtype)
+    return xp.astype(theta, out) if out != work else theta
 
 
 def tangent_project(G, U, V):

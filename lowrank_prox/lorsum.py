@@ -20,7 +20,16 @@ from functools import partial
 import numpy as np
 
 from . import _validate, _xp
-from .factored import LowRankSum, as_operator
+from .factored import (
+    LowRankSum,
+    _Dense,
+    _exponent,
+    _fro,
+    _ldexp,
+    _normalised_sum,
+    _scaled_norm,
+    as_operator,
+)
 from .gauge import _balance
 from .geometry import principal_angles
 
@@ -103,6 +112,22 @@ def lorsum(
     minimiser, so the result is finite (zero factors in that example).  Cost per iteration
     ``O(r(m + n)(r + Σ r_i) + r³)``; no m×n matrix and no SVD.
 
+    Scaling.  When the target, the factors or λ lie outside ``2^±(emax/4)`` (``1e±77`` in
+    float64, ``1e±9`` in float32) the problem is solved in exactly rescaled variables (powers
+    of two, as LAPACK does) and the result scaled back, so that it is scale-equivariant from the
+    smallest normal number to the overflow threshold.  The substitution is exact because each
+    half-step is homogeneous: with ``Y = c·Ỹ``, ``U = α·Ũ``, ``V = β·Ṽ``,
+
+    * ``λ = 0``: the V-step gives ``V = (c/α)·Ṽ₊`` and the U-step ``U = (c/β)·Ũ₊``, for any
+      powers of two ``c, α, β``, so target, ``U0`` and ``V0`` are normalised independently and
+      the gauge of the warm start is kept (``lorsum(A, 2^k U0, 2^-k V0)`` has the product of
+      ``lorsum(A, U0, V0)`` and factors scaled by ``2^±k``);
+    * ``λ > 0``: the ridge ties the scales.  With ``c = a²``, ``α = β = a`` (anchors scaled
+      with the factors) the objective is ``a⁴·f(Ũ, Ṽ; Ỹ, λ/a²)``, so the scaled problem has
+      ridge ``λ/a²``: the ridge scales like the *target*, not like the factors.  ``a`` is chosen
+      so that the largest of ``‖Y‖, ‖U0‖², ‖V0‖², λ`` is near 1; ``ridge=1e308`` then returns
+      the anchor, and a denormal ridge acts as the negligible ridge it is.
+
     ``iters="auto"``: by Theorem 3.1 (SPEC §4, λ = 0) ``tan θ_k ≈ ρ^{2k} tan θ_0`` with
     ``ρ = σ_{r+1}/σ_r``, so the subspace change between iterations is
     ``≈ (1 − ρ²) tan θ_{k−1}`` and the angle left after stopping is about
@@ -115,7 +140,7 @@ def lorsum(
     )
     balance, step = _gauge_iv(balance, gram_jitter)
     iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
-    U, V = _als(op, U, V, Ua, Va, lam, iters, start, until=until, v_step=step, u_step=step)
+    U, V = _solve(op, U, V, Ua, Va, lam, iters, start, until=until, v_step=step, u_step=step)
     if balance:
         U, V, s = _balance(U, V)
         return _cast(U, out_dtype), _cast(V, out_dtype), _cast(s, out_dtype)
@@ -175,7 +200,7 @@ def lorsum_history(
 
     iters, until = _auto_iv(op, U, V, Ua, Va, lam, iters, start, tol, max_iters, stop)
     record("init", U, V)
-    U, V = _als(op, U, V, Ua, Va, lam, iters, start, callback=record, until=until)
+    U, V = _solve(op, U, V, Ua, Va, lam, iters, start, callback=record, until=until)
     return LorsumHistory(
         U=_cast(U, out_dtype),
         V=_cast(V, out_dtype),
@@ -188,8 +213,13 @@ def lorsum_history(
 def lorsum_objective(target, U, V, *, ridge=0.0, anchor=None):
     """``½‖UVᵀ − Y‖² + (λ/2)(‖U − U_a‖² + ‖V − V_a‖²)`` as a Python float (SPEC §3).
 
-    Computed from Gram products (``‖Y‖²`` from :meth:`LowRankSum.norm`), without the m×n
-    matrix; ``anchor`` defaults to ``(U, V)``, making the ridge term zero.
+    The fit term is the norm of the residual itself, never ``‖Y‖² − 2⟨Y, UVᵀ⟩ + ‖UVᵀ‖²``: for a
+    :class:`LowRankSum` it is :meth:`LowRankSum.norm` of ``Y − UVᵀ`` (QR core of the stacked
+    factors, no m×n matrix), for a dense target the norm of the m×n residual, both scaled by
+    powers of two.  So near an exact fit the value is accurate *relative to the true
+    objective* as long as the residual exceeds ``eps·(Σ|c_i|‖U_i‖₂‖V_i‖₂ + ‖U‖₂‖V‖₂)`` (the
+    absolute floor of the norm: ``½(that)²`` for the objective), and it does not overflow
+    unless the objective does.  ``anchor`` defaults to ``(U, V)``, making the ridge term zero.
     """
     op, U, V, Ua, Va, lam, _, _, _ = _lorsum_iv(target, U, V, 1, ridge, anchor, "v", True)
     return _objective(op, U, V, Ua, Va, lam)
@@ -230,6 +260,85 @@ def _lorsum_iv(target, U0, V0, iters, ridge, anchor, start, check_finite):
     op = op.astype(work)
     U0, V0, Ua, Va = (_cast(a, work) for a in (U0, V0, Ua, Va))
     return op, U0, V0, Ua, Va, lam, iters, start, out_dtype
+
+
+def _window(dtype, xp):
+    """Exponent range ``±emax/4`` inside which LoRSum runs unscaled (256 float64, 32 float32)."""
+    return int(math.log2(float(xp.finfo(dtype).max))) // 4
+
+
+def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, until=None, **steps):
+    """:func:`_als` in exactly rescaled variables when the data are badly scaled (see lorsum).
+
+    The check costs one max-abs pass over each factor (``O((m + n)(r + Σ r_i))``, a dense
+    target ``O(mn)``); inside the window the call is :func:`_als` on the original arrays.
+    """
+    xp = _xp.get_namespace(U)
+    W = _window(U.dtype, xp)
+    if isinstance(op, LowRankSum):
+        opn, eY, moved = _normalised_sum(op, W)
+    elif isinstance(op, _Dense):
+        opn, eY, moved = op, _exponent(op.to_dense(), xp), False
+    else:  # protocol operators: products only, no cheap scale estimate
+        return _als(op, U, V, Ua, Va, lam, iters, start, callback, until=until, **steps)
+    eY = 0 if eY is None else eY
+    ex = {name: _exponent(a, xp) for name, a in (("U", U), ("V", V))}
+    ex["Ua"] = ex["U"] if Ua is U else _exponent(Ua, xp)
+    ex["Va"] = ex["V"] if Va is V else _exponent(Va, xp)
+    eLam = math.frexp(lam)[1] if lam > 0 else None
+    out = [e for e in ex.values() if e is not None and abs(e) > W]
+    if not (moved or abs(eY) > W or out or (eLam is not None and eLam > W)):
+        return _als(op, U, V, Ua, Va, lam, iters, start, callback, until=until, **steps)
+
+    if lam > 0:
+        sq = [eY] + [2 * e for e in ex.values() if e is not None] + [eLam]
+        k = -(-max(sq) // 2)
+        kU = kV = k
+        kY = 2 * k
+        lam_s = math.ldexp(lam, -2 * k)
+        kUa = kVa = k
+    else:
+        kY = eY
+        kU = 0 if ex["U"] is None else ex["U"]
+        kV = 0 if ex["V"] is None else ex["V"]
+        kUa, kVa = kU, kV
+        lam_s = 0.0
+    if isinstance(op, LowRankSum):
+        shift = kY - eY  # opn = op·2^-eY; we want op·2^-kY
+        opn = LowRankSum._trusted(
+            [(math.ldexp(c, -shift), A, B) for c, A, B in opn.terms], opn.xp, opn.dtype
+        )
+    else:
+        opn = _Dense(_ldexp(op.to_dense(), -kY))
+    Us, Vs = _ldexp(U, -kU), _ldexp(V, -kV)
+    Uas = Us if Ua is U and kUa == kU else _ldexp(Ua, -kUa)
+    Vas = Vs if Va is V and kVa == kV else _ldexp(Va, -kVa)
+    scale = {"U": kU, "V": kV}
+
+    def advance(step):
+        # the exponents of the true factors after a half-step (exact by homogeneity)
+        if lam > 0:
+            return
+        if step == "v":
+            scale["V"] = kY - scale["U"]
+        elif step == "u":
+            scale["U"] = kY - scale["V"]
+        else:  # jacobi
+            scale["U"], scale["V"] = kY - scale["V"], kY - scale["U"]
+
+    def record(step, U_, V_):
+        advance(step)
+        if callback is not None:
+            callback(step, _ldexp(U_, scale["U"]), _ldexp(V_, scale["V"]))
+
+    until_s = None
+    if until is not None:
+
+        def until_s(U_, V_):  # the stopping test sees the true (unscaled) factors
+            return until(_ldexp(U_, scale["U"]), _ldexp(V_, scale["V"]))
+
+    Ur, Vr = _als(opn, Us, Vs, Uas, Vas, lam_s, iters, start, record, until=until_s, **steps)
+    return _ldexp(Ur, scale["U"]), _ldexp(Vr, scale["V"])
 
 
 def _auto_iv(op, U0, V0, Ua, Va, lam, iters, start, tol, max_iters, stop):
@@ -334,15 +443,33 @@ def _als(
 
 
 def _objective(op, U, V, Ua, Va, lam):
+    """The LoRSum objective from the residual's own norm (see :func:`lorsum_objective`)."""
     xp = _xp.get_namespace(U)
-    fit = (
-        op.norm() ** 2
-        - 2.0 * float(xp.sum(U * (op @ V)))
-        + float(xp.sum((U.mT @ U) * (V.mT @ V)))
-    )
-    value = 0.5 * max(fit, 0.0)
-    if lam > 0:
-        value += 0.5 * lam * (
-            float(xp.sum((U - Ua) ** 2)) + float(xp.sum((V - Va) ** 2))
+    if isinstance(op, LowRankSum):
+        residual = LowRankSum._trusted(op.terms + ((-1.0, U, V),), op.xp, op.dtype)
+        mant, e = _scaled_norm(residual)
+    elif isinstance(op, _Dense):
+        mant, e = _fro(op.to_dense() - U @ V.mT, xp)
+    else:  # protocol operators offer products only: the Gram formula
+        fit = (
+            op.norm() ** 2
+            - 2.0 * float(xp.sum(U * (op @ V)))
+            + float(xp.sum((U.mT @ U) * (V.mT @ V)))
         )
+        mant, e = math.sqrt(max(fit, 0.0)), 0
+    value = _times_pow2(0.5 * mant * mant, 2 * e)
+    if lam > 0:
+        mu, eu = _fro(U - Ua, xp)
+        mv, ev = _fro(V - Va, xp)
+        ml, el = math.frexp(lam)
+        value += _times_pow2(0.5 * ml * mu * mu, 2 * eu + el)
+        value += _times_pow2(0.5 * ml * mv * mv, 2 * ev + el)
     return value
+
+
+def _times_pow2(x, e):
+    """``x·2^e`` as a float, ``inf`` when it overflows (never an exception)."""
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        return math.inf

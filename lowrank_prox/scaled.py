@@ -20,7 +20,7 @@ from __future__ import annotations
 from . import _validate, _xp
 from .factored import LowRankSum
 from .gauge import _balance
-from .lorsum import _als, _cast, _gauge_iv, _lorsum_iv, _ridge_gram
+from .lorsum import _cast, _gauge_iv, _lorsum_iv, _ridge_gram, _solve
 
 __all__ = ["scaled_lorsum", "scaled_lorsum_objective"]
 
@@ -98,7 +98,7 @@ def scaled_lorsum(
     )
     balance, _ = _gauge_iv(balance, gram_jitter)
     eps = float(gram_jitter)
-    U, V = _als(
+    U, V = _solve(
         op, U, V, Ua, Va, lam, iters, start,
         v_step=lambda opT, W, anchor, lam_: _half_step(opT, W, anchor, P_out, lam_, eps),
         u_step=lambda op_, W, anchor, lam_: _half_step(op_, W, anchor, P_in, lam_, eps),
