@@ -11,13 +11,12 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import Backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowrank_prox as lp
 from lowrank_prox import LowRankSum, lorsum, lorsum_history, lorsum_objective, truncated_svd
-
-from conftest import Backend
 
 EPS = np.finfo(np.float64).eps
 rng0 = np.random.default_rng(0)

@@ -18,8 +18,8 @@ F64 = torch.float64
 def test_momentum_residual_two_steps_by_hand():
     layer = tiny()
     lr, mu, d, lam0, K = 0.2, 0.6, 0.1, 1e-2, 2
-    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=1, balance="none",
-                  use_momentum_residual=True, residual_rank=3, seed=0)
+    opt = PSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, dampening=d, momentum_rank=1,
+                  balance="none", use_momentum_residual=True, residual_rank=3, seed=0)
     st = opt.state[layer.lora_B]
     assert st["residual_U"].shape == (7, 3) and st["residual_V"].shape == (5, 3)
     assert float(st["residual_U"].abs().max()) == 0.0
