@@ -43,8 +43,11 @@ def _loss_step(layer, opt, x, t):
     return float(loss.detach())
 
 
-def _ref_step(U, V, x, t, W0, b, st, *, lr, K, lam, b1, b2, eps, p, kind):
-    """One Scaled PSI-LoRA step written out densely from SPEC §7 (numpy, float64)."""
+def _ref_step(U, V, x, t, W0, b, st, *, lr, K, lam, b1, b2, eps, p, kind, step=None):
+    """One Scaled PSI-LoRA step written out densely from SPEC §7 (numpy, float64).
+
+    ``step`` (1-based) turns on Adam's bias correction: the metric uses ``a / (1 − β2^step)``.
+    """
     N = x.shape[0]
     D = (x @ W0.T + b + x @ V @ U.T - t) / N  # ∂loss/∂y of the mean-reduced loss
     G = D.T @ x
@@ -54,7 +57,8 @@ def _ref_step(U, V, x, t, W0, b, st, *, lr, K, lam, b1, b2, eps, p, kind):
         a_b, g_b = N * np.diag(G.T @ G), N * np.diag(G @ G.T)
     a = b2 * st["a"] + (1 - b2) * a_b
     g = b2 * st["g"] + (1 - b2) * g_b
-    Pi, Po = np.diag((a + eps) ** p), np.diag((g + eps) ** p)
+    c = 1.0 if step is None else 1.0 - b2**step
+    Pi, Po = np.diag((a / c + eps) ** p), np.diag((g / c + eps) ** p)
     M = st["MU"] @ st["MV"].T
     T = U @ V.T - lr * np.linalg.inv(Po) @ ((1 - b1) * G + b1 * M) @ np.linalg.inv(Pi)
     Ua, Va, r = U, V, U.shape[1]
@@ -82,20 +86,24 @@ def _ref_step(U, V, x, t, W0, b, st, *, lr, K, lam, b1, b2, eps, p, kind):
     return U, V, {"a": a, "g": g, "MU": MU, "MV": MV}
 
 
+@pytest.mark.parametrize("bias_correction", [False, True])
 @pytest.mark.parametrize("kind", ["kfac", "shampoo"])
 @pytest.mark.parametrize("K", [0, 1, 2])
-def test_steps_match_dense_formulas(kind, K):
+def test_steps_match_dense_formulas(kind, K, bias_correction):
+    """``bias_correction=False``: the reference's EMA started at 1; ``True``: Adam's rule."""
     layer = _layer()
     x, t = _data()
     lr, ridge, betas, eps, p = 0.3, 1e-2, (0.9, 0.99), 1e-3, 0.5
     opt = ScaledPSILoRA(
         layer, lr=lr, iters=K, ridge=ridge, betas=betas, damping=eps, metric=kind, power=p, seed=0,
         balance="none",  # the reference formulas are the published, unbalanced algorithm
+        bias_correction=bias_correction,
     )
     st0 = opt.state[layer.lora_B]
+    init = 0.0 if bias_correction else 1.0
     st = {
-        "a": np.ones(7),
-        "g": np.ones(5),
+        "a": np.full(7, init),
+        "g": np.full(5, init),
         "MU": st0["momentum_U"].numpy().copy(),
         "MV": st0["momentum_V"].numpy().copy(),
     }
@@ -119,6 +127,7 @@ def test_steps_match_dense_formulas(kind, K):
             eps=eps,
             p=p,
             kind=kind,
+            step=step + 1 if bias_correction else None,
         )
         _loss_step(layer, opt, xs, ts)
         s = opt.state[layer.lora_B]
@@ -296,6 +305,7 @@ def test_regression_converges_and_adam_for_other_params(kind, power, lr):
         (dict(momentum_rank=0), ValueError, "momentum_rank"),
         (dict(reduction="none"), ValueError, "reduction"),
         (dict(init_metric_scale=0.0), ValueError, "init_metric_scale"),
+        (dict(bias_correction=1), TypeError, "bias_correction must be a bool"),
     ],
 )
 def test_bad_configuration(kwargs, err, match):

@@ -44,6 +44,8 @@ __all__ = [
     "pretrain_text",
     "pretrained_char_lm",
     "run_digits",
+    "lr_sweep",
+    "robust_width",
     "run_lm_finetune",
     "torch_threads",
     "uniform_perplexity",
@@ -461,8 +463,11 @@ def pretrained_char_lm(config=CharLMConfig()):
     return model, dict(info)
 
 
-def run_lm_finetune(method, lr, *, config=CharLMConfig(), **optim_kwargs):
+def run_lm_finetune(method, lr, *, config=CharLMConfig(), seed=None, **optim_kwargs):
     """LoRA-fine-tune the pretrained character LM on ``pydoc_data.topics`` with ``method``.
+
+    ``seed`` fixes the adapter initialisation and the batch order (default ``config.seed``); the
+    pretrained model is the same for every seed (``config.seed`` fixes it).
 
     Returns a dict: ``steps`` (evaluation steps, 0 = before training), ``val_ppl`` (validation
     perplexity at those steps; ``inf`` once the loss is not finite), ``final_ppl``, ``best_ppl``,
@@ -478,12 +483,13 @@ def run_lm_finetune(method, lr, *, config=CharLMConfig(), **optim_kwargs):
     val_x, val_y = _val_windows(
         torch.from_numpy(encode(val_text)), config.context, config.val_windows
     )
+    seed = config.seed if seed is None else seed
     with torch.random.fork_rng(devices=[]), torch_threads(1):
-        torch.manual_seed(config.seed + 1)
+        torch.manual_seed(seed + 1)
         model = _add_adapters(base, config.rank, list(config.targets), train_bias=False)
         model.train()
         opt = make_optimizer(method, model, lr, **optim_kwargs)
-        gen = torch.Generator().manual_seed(config.seed + 1)
+        gen = torch.Generator().manual_seed(seed + 1)
         steps, ppl, losses = [0], [_perplexity(model, val_x, val_y)], []
         diverged = False
         batches = _batches(train, config.context, config.batch, config.steps, gen)
@@ -508,6 +514,7 @@ def run_lm_finetune(method, lr, *, config=CharLMConfig(), **optim_kwargs):
     return {
         "method": method,
         "lr": lr,
+        "seed": seed,
         "steps": steps,
         "val_ppl": ppl,
         "final_ppl": ppl[-1],
@@ -665,3 +672,91 @@ def config_dict(config):
 def with_overrides(config, **changes):
     """``dataclasses.replace`` that ignores ``None`` values."""
     return replace(config, **{k: v for k, v in changes.items() if v is not None})
+
+
+# --------------------------------------------------------------------------------------------
+# Learning-rate sweeps and the robustness number
+# --------------------------------------------------------------------------------------------
+
+
+def robust_width(lrs, values, *, higher_is_better, tol=0.05):
+    """Width in decades of the learning-rate range within ``tol`` of the best value.
+
+    "Within 5 %" means ``value ≥ (1 − tol)·best`` for a metric to maximise (accuracy) and
+    ``value ≤ (1 + tol)·best`` for one to minimise (perplexity).  The metric is interpolated
+    linearly in ``log10(lr)`` between grid points; the range is the contiguous interval around
+    the best grid point where the condition holds, so its ends are the interpolated crossings
+    (a grid end counts as an end: the width is a lower bound when the best LR is at the edge).
+    Non-finite values (diverged runs) fail the condition.  Returns ``(width, lo, hi)`` with
+    ``lo``/``hi`` the interval's learning rates.
+    """
+    x = np.log10(np.asarray(lrs, dtype=float))
+    v = np.asarray(values, dtype=float)
+    if x.ndim != 1 or x.shape != v.shape or len(x) < 2 or np.any(np.diff(x) <= 0):
+        raise ValueError("lrs must be increasing, 1-d, with one value each (at least 2)")
+    if not (0 <= tol < 1):
+        raise ValueError(f"tol must be in [0, 1); got {tol!r}")
+    finite = np.isfinite(v)
+    if not finite.any():
+        return 0.0, math.nan, math.nan
+    if higher_is_better:
+        best = np.max(v[finite])
+        margin = np.where(finite, v - (1 - tol) * best, -np.inf)
+    else:
+        best = np.min(v[finite])
+        margin = np.where(finite, (1 + tol) * best - v, -np.inf)
+    i = int(np.argmax(np.where(finite, margin, -np.inf)))
+
+    def crossing(j, k):  # margin[j] >= 0 > margin[k]: interpolated zero between x[j] and x[k]
+        if not np.isfinite(margin[k]):
+            return x[j]
+        t = margin[j] / (margin[j] - margin[k])
+        return x[j] + t * (x[k] - x[j])
+
+    lo = i
+    while lo > 0 and margin[lo - 1] >= 0:
+        lo -= 1
+    hi = i
+    while hi < len(x) - 1 and margin[hi + 1] >= 0:
+        hi += 1
+    left = x[0] if lo == 0 else crossing(lo, lo - 1)
+    right = x[-1] if hi == len(x) - 1 else crossing(hi, hi + 1)
+    return float(right - left), float(10**left), float(10**right)
+
+
+def _sweep_job(args):
+    task, method, lr, seed, config = args
+    import torch
+
+    torch.set_num_threads(1)
+    if task == "lm":
+        run = run_lm_finetune(method, lr, config=config, seed=seed)
+        return {k: run[k] for k in ("final_ppl", "best_ppl", "diverged", "steps", "val_ppl")}
+    run = run_digits(method, lr, seed=seed, config=config)
+    return {k: run[k] for k in ("last_acc", "best_acc", "mean_acc", "diverged")}
+
+
+def lr_sweep(task, grids, seeds, config, *, workers=None, progress=None):
+    """Run ``task`` (``"lm"`` or ``"digits"``) for every method × learning rate × seed.
+
+    ``grids`` maps method -> learning rates.  Returns ``{(method, lr, seed): numbers}``.  With
+    ``workers > 1`` the runs are spread over forked processes (each single-threaded); the
+    results do not depend on the number of workers.
+    """
+    import multiprocessing
+
+    if task not in ("lm", "digits"):
+        raise ValueError(f"task must be 'lm' or 'digits'; got {task!r}")
+    if task == "lm":
+        pretrained_char_lm(config)  # once, in the parent: forked workers inherit the cache
+    jobs = [(task, m, lr, s, config) for m, lrs in grids.items() for lr in lrs for s in seeds]
+    wrap = progress or (lambda it, **_: it)
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            outs = list(wrap(pool.imap(_sweep_job, jobs), desc=f"lr sweep ({task})",
+                             total=len(jobs)))
+    else:
+        outs = [_sweep_job(j) for j in wrap(jobs, desc=f"lr sweep ({task})")]
+    return {(j[1], j[2], j[3]): out for j, out in zip(jobs, outs, strict=True)}
