@@ -24,6 +24,8 @@ class LowRankSum:
         Refuse NaN/Inf in the factors (one pass over each factor).  Callers that checked already
         can switch it off.
 
+    Notes
+    -----
     Every product is taken small side first: ``Y @ B = Σ c_i U_i (V_iᵀ B)`` costs
     ``O(k (m + n) Σ r_i)`` for ``B`` of width ``k``.  ``norm()`` takes thin QR factorisations of
     the stacked factors, ``[U_1 … U_k] = Q_L R_L`` and ``[V_1 … V_k] = Q_R R_R``, and the

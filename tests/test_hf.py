@@ -364,7 +364,7 @@ def test_clm_script_gpt2_conv1d_perplexity_falls(tiny_dir, tmp_path):
     args = clm.parser().parse_args(_run_args(
         tmp_path, model=tiny_dir / "gpt2", train_file=tiny_dir / "text" / "train.txt",
         validation_file=tiny_dir / "text" / "validation.txt", block_size=32,
-        method="psilora", lr=5.0, batch_size=8, max_steps=60, eval_steps=30))
+        method="psilora", lr=5.0, batch_size=8, max_steps=120, eval_steps=60))
     log = common.read_log(clm.run(args))
     ppl = [v for _, v in log["eval"]["eval_perplexity"]]
     assert ppl[-1] < 0.5 * ppl[0]

@@ -91,7 +91,7 @@ def test_unknown_method_rejected():
         R.available_methods(["nope"])
 
 
-def test_fig2_perplexities(fig2):
+def test_fig2_lr_curves(fig2):
     m = fig2["metrics"]
     uniform = m["uniform_ppl"]
     assert uniform == R.uniform_perplexity()
@@ -99,18 +99,45 @@ def test_fig2_perplexities(fig2):
     assert 1.0 < m["pretrained_val_ppl"] < uniform
     assert set(m["methods"]) == ALL_LM
     for row in m["methods"].values():
-        assert len(row["final_ppl"]) == 3 == len(row["lrs"])
-        # At its best LR every method ends finite and below the uniform perplexity.
-        assert row["best_final_ppl"] is not None and 1.0 < row["best_final_ppl"] < uniform
-    # LoRA-AdamW at a sane learning rate improves on the untrained (zero) adapter.
-    row = m["methods"]["lora-adamw"]
-    assert row["final_ppl"][row["lrs"].index(1e-2)] < m["pretrained_val_ppl"]
+        assert len(row["mean"]) == len(row["lrs"]) >= 4
+        assert math.log10(row["lrs"][-1] / row["lrs"][0]) >= 4 - 1e-9
+        assert row["best"] is not None and 1.0 < row["best"] < uniform
+        assert 0.0 <= row["robust_decades"] <= 4 + 1e-9
+        lo, hi = row["robust_range"]
+        assert row["robust_decades"] == pytest.approx(math.log10(hi / lo))
     assert m["most_robust_method"] in ALL_LM
     assert isinstance(m["claim_scaled_most_robust"], bool)
-    for method in ALL_LM:
-        for curve in fig2["series"][method].values():
-            assert curve["steps"][0] == 0
-            assert curve["val_ppl"][0] == pytest.approx(m["pretrained_val_ppl"], rel=1e-5)
+
+
+def test_committed_lr_curves_settings():
+    """The committed LR-curve figures: >= 7 LRs over >= 4 decades, >= 3 seeds, every method."""
+    from pathlib import Path
+
+    for name, methods in (("fig2_lr_robustness", ALL_LM), ("fig4_lr_curves", ALL_DIGITS)):
+        data = json.loads((Path(__file__).parents[1] / "figures" / f"{name}.json").read_text())
+        assert not data["settings"]["fast"] and len(data["settings"]["seeds"]) >= 3
+        assert set(data["metrics"]["methods"]) == methods
+        for row in data["metrics"]["methods"].values():
+            assert len(row["lrs"]) >= 7 and row["lrs"][-1] / row["lrs"][0] >= 1e4 * (1 - 1e-9)
+            width, _, _ = R.robust_width(
+                row["lrs"], [math.inf if v is None else v for v in row["mean"]],
+                higher_is_better=name == "fig4_lr_curves")
+            assert width == pytest.approx(row["robust_decades"])
+
+
+def test_robust_width_interpolates_on_log_grid():
+    lrs = [1e-3, 1e-2, 1e-1, 1.0]
+    # Accuracy: best 1.0 at 1e-2; 0.95 threshold crossed halfway to 1e-3 (0.9) and at 1e-1.
+    w, lo, hi = R.robust_width(lrs, [0.9, 1.0, 0.95, 0.5], higher_is_better=True)
+    assert w == pytest.approx(1.5) and lo == pytest.approx(10**-2.5) and hi == pytest.approx(0.1)
+    # Perplexity: best 10 at 1e-1; 10.5 = 1.05 x best crossed at the grid end and halfway up.
+    w, lo, hi = R.robust_width(lrs, [10.2, 10.4, 10.0, 11.0], higher_is_better=False)
+    assert w == pytest.approx(2.5) and lo == pytest.approx(1e-3)
+    # A diverged run (inf) ends the range at the last good grid point.
+    w, _, _ = R.robust_width(lrs, [10.0, math.inf, 10.0, 10.0], higher_is_better=False)
+    assert w == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="increasing"):
+        R.robust_width([1.0, 0.1], [1, 2], higher_is_better=True)
 
 
 def test_fig3_ablation_grid(fig3):

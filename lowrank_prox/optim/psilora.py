@@ -220,12 +220,11 @@ class PSILoRA(LoRAOptimizer):
             terms.append((-lr * mu, M_U, M_V))
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
         where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
-        U1, V1 = lorsum(target, U, V, iters=K, ridge=self._ridge(group), gram_jitter=eps,
-                        check_finite=False)
+        lam = self._ridge(group)
+        U1, V1 = lorsum(target, U, V, iters=K, ridge=lam, gram_jitter=eps, check_finite=False)
         U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
         step = state["step"] + 1
-        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K,
-                       ridge=self._ridge(group), step=step)
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, step=step)
         if where in ("adapter", "both"):
             U1, V1 = balanced(U1, V1)
         new_state = {**state, "step": step}
