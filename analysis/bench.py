@@ -382,11 +382,14 @@ def _scaling(rows, r=16):
 
 
 def _resid2(terms, A, B):
-    """``‖Σ c_i U_i V_iᵀ − A Bᵀ‖²`` in float64 from Gram products (for huge targets)."""
-    Y = LowRankSum([(c, U.astype(np.float64), V.astype(np.float64)) for c, U, V in terms])
-    A = _np(A).astype(np.float64)
-    B = _np(B).astype(np.float64)
-    return Y.norm() ** 2 - 2.0 * float(np.sum(A * (Y @ B))) + float(np.sum((A.T @ A) * (B.T @ B)))
+    """``‖Σ c_i U_i V_iᵀ − A Bᵀ‖²`` in float64 from the QR core of the factored residual.
+
+    Never the Gram expansion ``‖Y‖² − 2⟨Y, ABᵀ⟩ + ‖ABᵀ‖²``, which cancels below √eps·‖Y‖: the
+    excesses compared here are 1e-16 relative.
+    """
+    f64 = [(c, _np(U).astype(np.float64), _np(V).astype(np.float64)) for c, U, V in terms]
+    f64.append((-1.0, _np(A).astype(np.float64), _np(B).astype(np.float64)))
+    return LowRankSum(f64).norm() ** 2
 
 
 def _seven_b(cfg, progress):
