@@ -301,7 +301,20 @@ def _methods(problem, *, with_full_svd, lorsum_iters=LORSUM_ITERS, dtype=None):
     methods["truncated_svd randomized"] = ours_randomized
     for k in lorsum_iters:
         methods[f"LoRSum x{k}"] = lambda k=k: lorsum(Y, U0, V0, iters=k)
+    methods[UNSCALED] = lambda: _lorsum_unscaled(Y, U0, V0)
     return methods
+
+
+#: LoRSum x1 through the code path of the release before the scaling safeguards (issue 14):
+#: validation, then the ALS loop, without the power-of-two scale check around it.
+UNSCALED = "LoRSum x1 (unscaled path)"
+
+
+def _lorsum_unscaled(Y, U0, V0):
+    from lowrank_prox.lorsum import _als, _lorsum_iv
+
+    op, U, V, Ua, Va, lam, iters, start, _ = _lorsum_iv(Y, U0, V0, 1, 0.0, None, "v", True)
+    return _als(op, U, V, Ua, Va, lam, iters, start)
 
 
 def _floor_fn(problem):
@@ -682,6 +695,10 @@ def _targets(proj, floors, opt_rows, m, r=16):
             t[f"matched_vs_{key}"] = b["time_s"] / match["time_s"]
             t[f"matched_vs_{key}_iters"] = int(match["method"].split("x")[-1])
             t[f"matched_vs_{key}_met"] = t[f"matched_vs_{key}"] >= 10
+    old = _row(proj, UNSCALED, m, r)
+    if l1 and old:  # issue 14: the scaling check must not slow the common path
+        t["lorsum1_vs_unscaled"] = l1["time_s"] / old["time_s"]
+        t["lorsum1_vs_unscaled_met"] = t["lorsum1_vs_unscaled"] <= 1.25
     fl = [f for f in floors if f["m"] == m and f["r"] == r]
     if fl:
         t["lorsum1_floor_multiple"] = fl[0]["multiple"]
@@ -912,7 +929,7 @@ def _notes(targets, skipped, fast, verdict=None):
     lines.append("Timed side by side on a machine shared with other jobs: ratios, not absolute "
                  "times, are the result.")
     for key in ("lorsum1_vs_full_svd", "matched_vs_svd_lowrank", "matched_vs_svds",
-                "lorsum1_floor_multiple", "psilora_step_ratio"):
+                "lorsum1_floor_multiple", "lorsum1_vs_unscaled", "psilora_step_ratio"):
         if key in targets:
             val = targets[key]
             met = targets.get(key + "_met")
