@@ -5,6 +5,7 @@ Commands:
   list      list the registered figures
   verify    check every theory claim and print a table
   bench     speed, accuracy and memory benchmark
+  claims    the papers' empirical claims, one by one, with verdicts from figures/*.json
 
 Run "python -m analysis COMMAND --help" for the options of a command.
 """
@@ -49,6 +50,25 @@ numerically and print one row per claim. Exit status 1 if any claim fails.
 """
 
 
+CLAIMS_HELP = """\
+The papers' empirical claims, one by one: every claim of the PSI-LoRA abstract and figure
+captions 1-5, of its v1 (OPLoRA) abstract and of GeoLoRA's figures 2 and 5, next to the
+experiment of this project that tests it, the measured numbers with their spread over seeds,
+the rule that turns them into a verdict (holds / partly / does not hold here / not tested
+here) and the likely reason when a claim does not hold.
+
+Every number is read from the committed figures/*.json; nothing is re-run (about a second).
+The exit status is 0 whatever the verdicts: this is a report, not a gate.
+
+Examples:
+  python -m analysis claims
+  python -m analysis claims --markdown          # the README table
+  python -m analysis claims --json              # JSON on stdout
+  python -m analysis claims --json claims.json  # table on stdout, JSON into the file
+  python -m analysis claims --write-readme      # refresh the README block after new figures
+"""
+
+
 def _add_figures(sub):
     p = sub.add_parser("figures", help="regenerate figures into figures/ (PNG, PDF, JSON)",
                        description=FIGURES_HELP, formatter_class=argparse.RawTextHelpFormatter)
@@ -90,6 +110,20 @@ def _add_bench(sub):
     return p
 
 
+def _add_claims(sub):
+    p = sub.add_parser("claims", help="the papers' empirical claims with verdicts",
+                       description=CLAIMS_HELP, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", metavar="PATH", nargs="?", const="-", default=None,
+                   help="machine-readable report: to stdout without PATH, else into PATH")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the table as Markdown (the README's claims section)")
+    p.add_argument("--figures", metavar="DIR", default=None,
+                   help="read the figure JSON from DIR (default: figures/)")
+    p.add_argument("--write-readme", action="store_true",
+                   help="also rewrite the README block between the claims markers")
+    return p
+
+
 def build_parser():
     """The argument parser of ``python -m analysis`` (one ``_add_*`` per subcommand)."""
     parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__,
@@ -99,6 +133,7 @@ def build_parser():
     _add_list(sub)
     _add_verify(sub)
     _add_bench(sub)
+    _add_claims(sub)
     return parser
 
 
@@ -116,6 +151,11 @@ def main(argv=None):
         from .bench import main as bench_main
 
         return bench_main(fast=args.fast, out=args.out, force=args.force)
+    if args.command == "claims":
+        from .claims import main as claims_main
+
+        return claims_main(json_path=args.json, markdown=args.markdown,
+                           figures_dir=args.figures, write_readme=args.write_readme)
     return 2
 
 
