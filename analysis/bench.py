@@ -43,6 +43,7 @@ from .registry import figure
 __all__ = [
     "Problem",
     "excess_error",
+    "figure_from_json",
     "main",
     "make_problem",
     "projection_style",
@@ -888,6 +889,15 @@ def redraw(json_path=None, out=None):
     from .registry import COMMITTED_DIR, save_images
 
     path = Path(json_path) if json_path is not None else COMMITTED_DIR / "bench.json"
+    fig = figure_from_json(path)
+    return save_images("bench", fig, path.parent if out is None else out)
+
+
+def figure_from_json(path):
+    """The benchmark figure drawn from the tables of the benchmark JSON at ``path``."""
+    from pathlib import Path
+
+    path = Path(path)
     if not path.is_file():
         raise ValueError(f"json_path: no benchmark JSON at {path}")
     data = json.loads(path.read_text())
@@ -896,8 +906,7 @@ def redraw(json_path=None, out=None):
         tables = [series[k] for k in ("projection", "hard", "floor", "optimizers")]
     except KeyError as exc:
         raise ValueError(f"json_path: {path} is not a benchmark JSON (missing {exc})") from exc
-    fig = _plot(*tables, sizes)
-    return save_images("bench", fig, path.parent if out is None else out)
+    return _plot(*tables, sizes)
 
 
 def _fmt_time(t):

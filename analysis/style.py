@@ -28,6 +28,7 @@ __all__ = [
     "FAMILY_COLORS",
     "add_band_note",
     "family",
+    "figure_title",
     "integer_ticks",
     "method_style",
     "sweep_colors",
@@ -138,6 +139,17 @@ def integer_ticks(axis):
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def figure_title(fig):
+    """The overall title of ``fig``: its suptitle, else the title of a figure-level legend
+    (a figure whose legend sits above the panels carries the title there), else ``""``."""
+    if getattr(fig, "_suptitle", None) is not None and fig._suptitle.get_text():
+        return fig._suptitle.get_text()
+    for leg in fig.legends:
+        if leg.get_title().get_text():
+            return leg.get_title().get_text()
+    return ""
 
 
 def use():
