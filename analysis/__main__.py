@@ -42,6 +42,9 @@ spread between repeats. A noisy run is repeated once (after waiting for the load
 bench.json records whether it was accepted ("acceptance"), and a rejected run is never
 written into the committed figures/ (it goes to a temporary folder) unless --force is given.
 Output folder: figures/ for a full run, a temporary folder with --fast, or --out.
+
+--redraw draws bench.png and bench.pdf again from the committed figures/bench.json (or
+--json PATH) without running anything: for a change of the drawing code only.
 """
 
 VERIFY_HELP = """\
@@ -107,6 +110,10 @@ def _add_bench(sub):
                    help="output folder (default: figures/, or a temporary folder with --fast)")
     p.add_argument("--force", action="store_true",
                    help="write into figures/ even for --fast or a run rejected as noisy")
+    p.add_argument("--redraw", action="store_true",
+                   help="no run: redraw bench.png/pdf from an existing bench.json")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="with --redraw: the bench.json to draw (default: figures/bench.json)")
     return p
 
 
@@ -148,6 +155,11 @@ def main(argv=None):
 
         return verify_main(json_path=args.json)
     if args.command == "bench":
+        if args.redraw:
+            from .bench import redraw
+
+            print("wrote " + ", ".join(map(str, redraw(args.json, args.out))))
+            return 0
         from .bench import main as bench_main
 
         return bench_main(fast=args.fast, out=args.out, force=args.force)
