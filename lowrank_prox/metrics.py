@@ -254,6 +254,12 @@ def _sym(M):
 
 def _eigh_power(S, damping, power, xp):
     w, Q = xp.linalg.eigh(S)
+    top = float(xp.max(xp.abs(w)))
+    if float(xp.min(w)) < -100 * S.shape[0] * float(xp.finfo(S.dtype).eps) * top:
+        raise ValueError(
+            "stat must be positive semidefinite (a negative eigenvalue beyond rounding: "
+            f"{float(xp.min(w))}); the metric stat + damping·I must be positive definite"
+        )
     w = xp.where(w > 0, w, xp.zeros_like(w)) + damping
     if not bool(xp.all(w > 0)):
         raise ValueError(
