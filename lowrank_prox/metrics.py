@@ -38,6 +38,7 @@ __all__ = [
     "fractional_power",
     "kfac_dense",
     "kfac_diagonal",
+    "lowrank_fractional_power",
     "matrix_fractional_power",
     "shampoo_dense",
     "shampoo_diagonal",
@@ -246,6 +247,74 @@ def matrix_fractional_power(
 
 
 _NS_POWERS = (0.0, 0.25, 0.5, 1.0)
+
+
+def lowrank_fractional_power(U, V, *, shift=0.0, damping=1e-5, power=0.5, return_inverse=False):
+    """The metric ``P = (K + (c + ε)I)^p`` of a low-rank statistic ``K ≈ U Vᵀ`` (SPEC §7).
+
+    ``K`` is used through its symmetric positive semidefinite part: ``K_s = (UVᵀ + VUᵀ)/2``
+    lives in the span of ``[U V]`` (orthonormal basis ``Q``, at most 2k columns), so with
+    ``QᵀK_sQ = W diag(σ) Wᵀ``, ``σ₊ = max(σ, 0)``, ``B = QW`` and ``τ = c + ε``::
+
+        P   = τ^p  I + B diag((σ₊ + τ)^p  − τ^p)  Bᵀ
+        P⁻¹ = τ^-p I + B diag((σ₊ + τ)^-p − τ^-p) Bᵀ
+
+    exactly (a low-rank plus scaled-identity matrix has the same eigenvectors for every
+    power), in ``O(n k² + k³)`` plus ``O(n² k)`` to form the n×n results.
+
+    Parameters
+    ----------
+    U, V : arrays of shape (n, k)
+        Factors of the statistic (e.g. a LoRSum-compressed EMA of ``XᵀX/N``).
+    shift : float, default 0
+        ``c ≥ 0``, a multiple of the identity that is part of the statistic (the decayed
+        start ``init·Π β2`` of an EMA started at ``init·I``).
+    damping : float, default 1e-5
+        ε ≥ 0.
+    power : float, default 0.5
+        p ∈ [0, 1].
+    return_inverse : bool, default False
+        Also return ``P⁻¹``.
+
+    Returns
+    -------
+    P : (n, n) array
+    P_inv : (n, n) array
+        Only with ``return_inverse=True``.
+
+    Raises
+    ------
+    ValueError
+        For mismatched factors, p outside [0, 1], negative ε or c, or ``c + ε = 0`` (the
+        metric would be singular off the span of K).
+    """
+    shift = _validate.check_real(shift, "shift", low=0.0)
+    damping = _validate.check_real(damping, "damping", low=0.0)
+    power = _validate.check_real(power, "power", low=0.0, high=1.0)
+    _validate.check_bool(return_inverse, "return_inverse")
+    _validate.check_array(U, "U", ndim=2)
+    _validate.check_array(V, "V", ndim=2, shape=tuple(U.shape))
+    tau = shift + damping
+    if not tau > 0:
+        raise ValueError(
+            "shift + damping must be positive (a low-rank statistic is singular off its span); "
+            f"got {tau}"
+        )
+    xp = _xp.get_namespace(U, V, names=["U", "V"])
+    work = _xp.compute_dtype(xp, U.dtype, V.dtype)
+    U, V = _cast(U, work), _cast(V, work)
+    Q, _ = xp.linalg.qr(xp.concat([U, V], axis=1))
+    QU, QV = Q.mT @ U, Q.mT @ V
+    sigma, W = xp.linalg.eigh(_sym(QU @ QV.mT))
+    sigma = xp.where(sigma > 0, sigma, xp.zeros_like(sigma))
+    B = Q @ W
+    eye = xp.eye(U.shape[0], dtype=work, device=_xp.device(U))
+
+    def power_of(q):
+        return _sym(tau**q * eye + (B * ((sigma + tau) ** q - tau**q)) @ B.mT)
+
+    P = power_of(power)
+    return (P, power_of(-power)) if return_inverse else P
 
 
 def _sym(M):

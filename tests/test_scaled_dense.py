@@ -152,6 +152,26 @@ def test_dense_statistics_against_their_definitions(xp):
         np.testing.assert_allclose(np.diag(xp.to_numpy(S)), xp.to_numpy(g), atol=xp.tol(300))
 
 
+@pytest.mark.parametrize("power", [0.25, 0.5, 1.0])
+def test_lowrank_power_is_the_power_of_the_psd_part_plus_shift(xp, power):
+    """P = (K₊ + (c + ε)I)^p with K₊ the PSD part of (UVᵀ + VUᵀ)/2, against scipy."""
+    rng = np.random.default_rng(2)
+    U = rng.standard_normal((7, 2))
+    V = U * np.array([1.0, 3.0]) + 0.3 * rng.standard_normal((7, 2))  # K_s is indefinite
+    w, Q = np.linalg.eigh((U @ V.T + V @ U.T) / 2)
+    assert w.min() < -1e-3
+    K_psd = (Q * np.maximum(w, 0)) @ Q.T
+    ref = sla.fractional_matrix_power(K_psd + 0.3 * np.eye(7), power).real
+    P, P_inv = metrics.lowrank_fractional_power(xp.asarray(U), xp.asarray(V), shift=0.2,
+                                                damping=0.1, power=power, return_inverse=True)
+    np.testing.assert_allclose(xp.to_numpy(P), ref, rtol=0, atol=xp.tol(np.abs(ref).max()))
+    np.testing.assert_allclose(xp.to_numpy(P_inv) @ ref, np.eye(7), rtol=0, atol=xp.tol(100))
+    with pytest.raises(ValueError, match="shift \\+ damping"):
+        metrics.lowrank_fractional_power(U, V, damping=0.0)
+    with pytest.raises(ValueError, match="V must have shape"):
+        metrics.lowrank_fractional_power(U, V[:, :1])
+
+
 def test_ema_update_of_matrices():
     A, B = np.eye(2), np.ones((2, 2))
     np.testing.assert_allclose(metrics.ema_update(A, B, 0.75), 0.75 * A + 0.25 * B)
@@ -222,6 +242,48 @@ def test_dense_equals_diagonal_when_the_statistics_are_diagonal(kind, method):
     for a, b in zip(_factors(layers[0]), _factors(layers[1]), strict=True):
         np.testing.assert_allclose(b, a, rtol=tol, atol=tol)
     assert not np.allclose(_factors(layers[0])[0], _factors(_layer())[0])  # it moved
+
+
+@pytest.mark.parametrize("bias_correction", [True, False])
+def test_full_rank_lowrank_metric_equals_the_dense_metric(bias_correction):
+    """metric_rank = n and λ = 0: the LoRSum EMA of the (full-rank) K-FAC statistics is exact,
+    so the low-rank metric (with the EMA's decayed start c·I without the correction) is the
+    dense one, momentum and all.  (Shampoo's GᵀG has rank ≤ min(m, n) < n here: a rank-
+    deficient iterate cannot grow back at λ = 0, so the EMA is not exact for it.)"""
+    kind = "kfac"
+    x, t = _data()
+    layers = [_layer(), _layer()]
+    opts = [ScaledPSILoRA(la, lr=0.2, ridge=0.0, min_ridge=0.0, damping=1e-3, metric=kind,
+                          metric_type=mt, metric_rank=6, bias_correction=bias_correction,
+                          seed=0)
+            for la, mt in zip(layers, ["dense", "lowrank"], strict=True)]
+    opts[1].state[layers[1].lora_B]["momentum_V"] = opts[0].state[layers[0].lora_B][
+        "momentum_V"].clone()  # the low-rank metric's sketches used the generator first
+    for step in range(3):
+        for la, opt in zip(layers, opts, strict=True):
+            _loss_step(la, opt, x * (1 + 0.3 * step), t)
+    for a, b in zip(_factors(layers[0]), _factors(layers[1]), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-7, atol=1e-9)
+    for P, Q in zip(opts[0].preconditioners(opts[0].layers[0]),
+                    opts[1].preconditioners(opts[1].layers[0]), strict=True):
+        np.testing.assert_allclose(Q.numpy(), P.numpy(), rtol=1e-8, atol=1e-10)
+    state = opts[1].state[layers[1].lora_B]
+    assert tuple(state["metric_in_U"].shape) == (6, 6)
+    assert tuple(state["metric_out_U"].shape) == (4, 4)  # capped at the side's size
+
+
+def test_lowrank_metric_of_rank_one_is_low_rank_plus_identity():
+    """rank k: P − τ^p I has rank ≤ 2k (the symmetric part of a rank-k K), and it moves."""
+    layer = _layer()
+    x, t = _data()
+    opt = ScaledPSILoRA(layer, lr=0.2, metric_type="lowrank", metric_rank=1, damping=1e-2,
+                        seed=0)
+    for step in range(3):
+        _loss_step(layer, opt, x * (1 + step), t)
+    P_in, _ = opt.preconditioners(opt.layers[0])
+    rest = P_in.numpy() - 1e-2**0.5 * np.eye(6)
+    s = np.linalg.svd(rest, compute_uv=False)
+    assert s[0] > 0.1 and s[2] < 1e-12 * s[0]
 
 
 # -- warm-ups -----------------------------------------------------------------------------
@@ -378,6 +440,8 @@ OPTIONS = [
     {"beta2_warmup": True, "bias_correction": False},
     {"momentum_mode": "fista", "metric_type": "dense"},
     {"momentum_mode": "naive"},
+    {"metric_type": "lowrank", "metric_rank": 2, "metric": "shampoo", "power": 0.25},
+    {"metric_type": "lowrank", "bias_correction": False, "beta2_warmup": True},
 ]
 
 
@@ -432,6 +496,7 @@ def test_nonfinite_gradient_skips_the_step(kwargs):
     "kwargs, err, match",
     [
         ({"metric_type": "sparse"}, ValueError, "metric_type"),
+        ({"metric_type": "lowrank", "metric_rank": 0}, ValueError, "metric_rank"),
         ({"matrix_power_method": "svd"}, ValueError, "matrix_power_method"),
         ({"newton_schulz_iters": 0}, ValueError, "newton_schulz_iters"),
         ({"metric_type": "dense", "matrix_power_method": "newton_schulz", "power": 0.3},

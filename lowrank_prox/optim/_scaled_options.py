@@ -9,6 +9,18 @@ Used by :class:`lowrank_prox.optim.ScaledPSILoRA`; all off by default.
   (:func:`lowrank_prox.metrics.matrix_fractional_power`, by ``eigh`` or Newton–Schulz).  The
   target's gradient and momentum factors are preconditioned by matrix products
   (``P_out⁻¹Δᵀ``, ``P_in⁻¹Xᵀ``) instead of row scalings.  State ``O(n² + m²)`` per layer.
+- **Low-rank metrics** (``metric_type="lowrank"``): the EMA of the same statistics is kept at
+  rank ``k = metric_rank`` by the core :func:`lowrank_prox.lorsum`,
+  ``K ← LoRSum_{max(K,1)}(β2_t K + (1−β2_t) S_batch)`` (S_batch factored: ``(1/N)XᵀX`` is
+  ``Xᵀ·X/N``, ``s·Xᵀ(ΔΔᵀX)`` for Shampoo, inner dimension N), warm-started at the previous
+  factors with the step's λ, and ``P = (K̂ + (c + ε)I)^p`` exactly
+  (:func:`lowrank_prox.metrics.lowrank_fractional_power`).  ``K̂ = K/(1 − Π β2)`` with
+  ``bias_correction``; without it ``c = init·Π β2`` is the decayed start ``init·I`` of the
+  EMA (``E_t = c·I + K_t`` exactly, since the EMA is linear).  The factors start at
+  ``K_U = 0``, ``K_V ~ N(0, 1)`` (a range finder, like the momentum).  The authors'
+  ``"lowrank"`` is this with K-FAC, p = 1 and a rank fixed at 1 by a ``min(1, …)`` (their
+  ``rank_multiplier`` is never used); here any p, both kinds and ``metric_rank``.  State
+  ``O(k(n + m))``; P itself is formed (n×n) for the solver, as in the authors' code.
 - **Adam warm-up** (``start_precondition_step = S``): step ``t`` (1-based) with ``t < S`` is an
   Adam step on the factors with the LoRA factor gradients ``∇_U = G V``, ``∇_V = GᵀU``
   (betas ``(β1, β2)``, eps 1e-8, the group's lr, torch.optim's formula); the metric EMAs are
@@ -44,24 +56,30 @@ from __future__ import annotations
 import torch
 
 from .. import _validate
+from ..factored import LowRankSum
+from ..lorsum import lorsum
 from ..metrics import (
     dense_statistics,
     diagonal_statistics,
+    ema_update,
     fractional_power,
+    lowrank_fractional_power,
     matrix_fractional_power,
 )
 from .baselines import _rule_step
 
-METRIC_TYPES = ("diagonal", "dense")
+METRIC_TYPES = ("diagonal", "dense", "lowrank")
 MOMENTUM_MODES = ("normal", "fista", "naive")
 POWER_METHODS = ("eigh", "newton_schulz")
 ADAM_EPS = 1e-8
 
 
-def check_options(metric_type, matrix_power_method, newton_schulz_iters,
+def check_options(metric_type, matrix_power_method, newton_schulz_iters, metric_rank,
                   start_precondition_step, beta2_warmup, momentum_mode, power, balance):
     """Validate the options; return them as a dict of group defaults."""
     _validate.check_choice(metric_type, "metric_type", METRIC_TYPES)
+    if metric_rank is not None:
+        metric_rank = _validate.check_int(metric_rank, "metric_rank", low=1)
     _validate.check_choice(matrix_power_method, "matrix_power_method", POWER_METHODS)
     newton_schulz_iters = _validate.check_int(newton_schulz_iters, "newton_schulz_iters", low=1)
     if metric_type == "dense" and matrix_power_method == "newton_schulz" and power not in (
@@ -85,6 +103,7 @@ def check_options(metric_type, matrix_power_method, newton_schulz_iters,
         "metric_type": metric_type,
         "matrix_power_method": matrix_power_method,
         "newton_schulz_iters": newton_schulz_iters,
+        "metric_rank": metric_rank,
         "start_precondition_step": start_precondition_step,
         "beta2_warmup": beta2_warmup,
         "momentum_mode": momentum_mode,
@@ -110,14 +129,77 @@ def beta2_decay(step, beta2, warmup):
     return beta2 ** (step - k) / (k + 1)
 
 
-def initial_metric(size, scale, group, **kw):
-    """The EMA's start: ``scale·1`` (diagonal) or ``scale·I`` (dense)."""
-    if group.get("metric_type", "diagonal") == "dense":
-        return scale * torch.eye(size, **kw)
-    return torch.full((size,), scale, **kw)
+def initial_metrics(layer, scale, group, generator, **kw):
+    """The EMAs' start: ``scale·1`` (diagonal), ``scale·I`` (dense) or ``K = 0`` (low-rank)."""
+    kind = group.get("metric_type", "diagonal")
+    state = {}
+    for side, size in (("in", layer.in_features), ("out", layer.out_features)):
+        if kind == "lowrank":
+            k = min(group["metric_rank"] or layer.rank, size)
+            K_V = torch.randn(size, k, generator=generator, dtype=torch.float64)
+            state[f"metric_{side}_U"] = torch.zeros(size, k, **kw)
+            state[f"metric_{side}_V"] = K_V.to(**kw)
+        elif kind == "dense":
+            state[f"metric_{side}"] = scale * torch.eye(size, **kw)
+        else:
+            state[f"metric_{side}"] = torch.full((size,), scale, **kw)
+    return state
 
 
-def batch_statistics(grad, group):
+def update_metrics(grad, group, state, step, ridge, corrected):
+    """The metric EMAs after the batch, and ``((P_in, P_in⁻¹), (P_out, P_out⁻¹))``.
+
+    ``step`` is this step's 1-based index; ``corrected(a, g, step, group)`` applies the bias
+    correction to vector/matrix statistics.  Returns ``(entries, pairs)``: the new state
+    entries and the metric pairs of :func:`metric_pair`.
+    """
+    beta2_t = beta2_at(step, group["betas"][1], group.get("beta2_warmup", False))
+    if group.get("metric_type", "diagonal") == "lowrank":
+        entries = {}
+        for side, (c, A, B) in zip(("in", "out"), _lowrank_batch_terms(grad, group),
+                                   strict=True):
+            K_U, K_V = state[f"metric_{side}_U"], state[f"metric_{side}_V"]
+            target = LowRankSum([(beta2_t, K_U, K_V), ((1.0 - beta2_t) * c, A, B)],
+                                check_finite=False)
+            start = "u" if ridge == 0 and not bool(K_U.any()) else "v"
+            K_U, K_V = lorsum(target, K_U, K_V, iters=max(group["iters"], 1), ridge=ridge,
+                              start=start, gram_jitter=group.get("gram_jitter", 0.0),
+                              check_finite=False)
+            entries.update({f"metric_{side}_U": K_U, f"metric_{side}_V": K_V})
+        return entries, lowrank_metric_pairs(entries, step, group)
+    a_batch, g_batch = batch_statistics(grad, group)
+    a = ema_update(state["metric_in"], a_batch, beta2_t)
+    g = ema_update(state["metric_out"], g_batch, beta2_t)
+    a_hat, g_hat = corrected(a, g, step, group)
+    return {"metric_in": a, "metric_out": g}, (metric_pair(a_hat, group), metric_pair(g_hat, group))
+
+
+def lowrank_metric_pairs(state, step, group):
+    """``(P, P⁻¹)`` of both sides of a low-rank metric state after ``step`` steps."""
+    decay = beta2_decay(step, group["betas"][1], group.get("beta2_warmup", False))
+    if group["bias_correction"]:
+        c, shift = (1.0 - decay) if step > 0 else 1.0, 0.0
+    else:
+        c, shift = 1.0, group["init_metric_scale"] * decay
+    return tuple(
+        lowrank_fractional_power(state[f"metric_{side}_U"] / c, state[f"metric_{side}_V"],
+                                 shift=shift, damping=group["damping"], power=group["power"],
+                                 return_inverse=True)
+        for side in ("in", "out")
+    )
+
+
+def _lowrank_batch_terms(grad, group):
+    """``(c, A, B)`` with ``c·ABᵀ`` the batch statistic of each side (inner dimension N)."""
+    X, D = grad.X, grad.scale * grad.Delta
+    N = X.shape[0]
+    s = float(N) if group["reduction"] == "mean" else 1.0 / N
+    if group["metric"] == "kfac":
+        return (1.0 / N, X.mT, X.mT), (s, D.mT, D.mT)
+    return (s, X.mT, X.mT @ (D @ D.mT)), (s, D.mT, D.mT @ (X @ X.mT))
+
+
+def batch_statistics(grad, group):  # diagonal and dense metrics
     """The statistics of this batch (clip factor included): vectors or matrices."""
     fn = dense_statistics if group.get("metric_type", "diagonal") == "dense" else (
         diagonal_statistics

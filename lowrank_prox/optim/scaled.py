@@ -9,7 +9,7 @@ import torch
 from .. import _validate
 from ..factored import LowRankSum
 from ..lorsum import lorsum
-from ..metrics import KINDS, REDUCTIONS, ema_update
+from ..metrics import KINDS, REDUCTIONS
 from ..scaled import scaled_lorsum
 from . import _scaled_options as _opt
 from ._base import LoRAOptimizer
@@ -104,9 +104,14 @@ class ScaledPSILoRA(LoRAOptimizer):
     other_weight_decay : float, default 0
     other_optimizer : callable or None
         Replaces that Adam (``params -> torch.optim.Optimizer``).
-    metric_type : {"diagonal", "dense"}, default "diagonal"
+    metric_type : {"diagonal", "dense", "lowrank"}, default "diagonal"
         ``"dense"``: full n×n and m×m statistics and matrix powers
         (:func:`lowrank_prox.metrics.matrix_fractional_power`); state ``O(n² + m²)`` per layer.
+        ``"lowrank"``: the statistics' EMA kept at rank ``metric_rank`` by LoRSum, plus the
+        damping (and the EMA's decayed start) times I
+        (:func:`lowrank_prox.metrics.lowrank_fractional_power`).
+    metric_rank : int or None
+        k ≥ 1 of ``metric_type="lowrank"``, default the layer's rank (capped at each side).
     matrix_power_method : {"eigh", "newton_schulz"}, default "eigh"
         How a dense metric's power and inverse are computed (Newton–Schulz: p ∈ {0, ¼, ½, 1}).
     newton_schulz_iters : int, default 25
@@ -154,6 +159,7 @@ class ScaledPSILoRA(LoRAOptimizer):
         metric_type="diagonal",
         matrix_power_method="eigh",
         newton_schulz_iters=25,
+        metric_rank=None,
         start_precondition_step=0,
         beta2_warmup=False,
         momentum_mode="normal",
@@ -180,8 +186,8 @@ class ScaledPSILoRA(LoRAOptimizer):
         if seed is not None:
             seed = _validate.check_int(seed, "seed")
         options = _opt.check_options(metric_type, matrix_power_method, newton_schulz_iters,
-                                     start_precondition_step, beta2_warmup, momentum_mode,
-                                     power, balance)
+                                     metric_rank, start_precondition_step, beta2_warmup,
+                                     momentum_mode, power, balance)
         other_lr = _validate.check_real(other_lr, "other_lr", low=0.0)
         other_weight_decay = _validate.check_real(other_weight_decay, "other_weight_decay", low=0.0)
         if other_optimizer is None:
@@ -223,11 +229,7 @@ class ScaledPSILoRA(LoRAOptimizer):
     def _init_layer_state(self, layer, group):
         kw = {"dtype": layer.dtype, "device": layer.B.device}
         scale = 0.0 if group["bias_correction"] else group["init_metric_scale"]
-        state = {
-            "step": 0,
-            "metric_in": _opt.initial_metric(layer.in_features, scale, group, **kw),
-            "metric_out": _opt.initial_metric(layer.out_features, scale, group, **kw),
-        }
+        state = {"step": 0, **_opt.initial_metrics(layer, scale, group, self._generator, **kw)}
         if group["betas"][0] > 0 and group.get("momentum_mode", "normal") == "normal":
             r_M = min(group["momentum_rank"] or layer.rank, layer.in_features, layer.out_features)
             M_V = torch.randn(
@@ -241,6 +243,9 @@ class ScaledPSILoRA(LoRAOptimizer):
         """``(P_in, P_out)`` of ``layer`` (a :class:`LoRALayer`) from its current metric state."""
         group = self.param_groups[0]
         state = self.state[layer.B]
+        if group.get("metric_type") == "lowrank":
+            pairs = _opt.lowrank_metric_pairs(state, state["step"], group)
+            return pairs[0][0], pairs[1][0]
         a, g = self._corrected(state["metric_in"], state["metric_out"], state["step"], group)
         return _opt.metric_pair(a, group)[0], _opt.metric_pair(g, group)[0]
 
@@ -254,19 +259,14 @@ class ScaledPSILoRA(LoRAOptimizer):
 
     def _layer_step(self, layer, grad, group, state):
         lr, K = group["lr"], group["iters"]
-        beta1, beta2 = group["betas"]
+        beta1 = group["betas"][0]
         lam = self._ridge(group)
         t, mode = state["step"] + 1, group.get("momentum_mode", "normal")
         # 1. metrics from the (clipped) batch, then P = (stat + ε)^p
-        a_batch, g_batch = _opt.batch_statistics(grad, group)
-        beta2_t = _opt.beta2_at(t, beta2, group.get("beta2_warmup", False))
-        a = ema_update(state["metric_in"], a_batch, beta2_t)
-        g = ema_update(state["metric_out"], g_batch, beta2_t)
-        a_hat, g_hat = self._corrected(a, g, t, group)
-        (P_in, inv_in), (P_out, inv_out) = _opt.metric_pair(a_hat, group), _opt.metric_pair(
-            g_hat, group
+        entries, ((P_in, inv_in), (P_out, inv_out)) = _opt.update_metrics(
+            grad, group, state, t, lam, self._corrected
         )
-        new_state = {**state, "step": t, "metric_in": a, "metric_out": g}
+        new_state = {**state, "step": t, **entries}
         U, V = layer.factors()
         if t < group.get("start_precondition_step", 0):  # Adam warm-up
             U1, V1, entries = _opt.adam_warmup_step(U, V, grad, group, state)
