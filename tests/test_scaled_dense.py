@@ -75,6 +75,21 @@ def test_matrix_power_matches_scipy(xp, cond, power):
     np.testing.assert_allclose(P, P.T, rtol=0, atol=0)
 
 
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 6), logcond=st.floats(0.0, 6.0),
+       power=st.floats(0.0, 1.0), damping=st.sampled_from([0.0, 1e-8, 1e-3]))
+def test_matrix_powers_compose_and_invert(seed, k, logcond, power, damping):
+    """P(p)·P(1 − p) = S + εI and P(p)·P(p)⁻¹ = I for SPD S with κ up to 1e6."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((k, k)))
+    S = (Q * np.logspace(0, -logcond, k)) @ Q.T
+    P, P_inv = metrics.matrix_fractional_power(S, damping=damping, power=power,
+                                               return_inverse=True)
+    P_rest = metrics.matrix_fractional_power(S, damping=damping, power=1.0 - power)
+    np.testing.assert_allclose(P @ P_rest, S + damping * np.eye(k), rtol=0, atol=1e-12)
+    kappa = 10.0 ** (logcond * power)
+    np.testing.assert_allclose(P_inv @ P, np.eye(k), rtol=0, atol=1e-13 * kappa + 1e-14)
+
+
 @pytest.mark.parametrize("power", [0.25, 0.5])
 @pytest.mark.parametrize("cond", [1e2, 1e4, 1e6])
 def test_newton_schulz_converges_to_the_eigh_power(cond, power):
