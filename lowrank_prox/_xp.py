@@ -15,6 +15,7 @@ __all__ = [
     "compute_dtype",
     "device",
     "get_namespace",
+    "is_positive_definite",
     "is_real_floating",
     "normal",
     "spd_solve_right",
@@ -59,6 +60,16 @@ def all_finite(x):
     if is_torch_array(x):
         return bool(x.isfinite().all())
     return bool(xp.all(xp.isfinite(x)))
+
+
+def is_positive_definite(A):
+    """Whether the symmetric ``A`` has a Cholesky factor with a positive, finite diagonal."""
+    xp = array_namespace(A)
+    try:
+        L = xp.linalg.cholesky(A)
+        return all_finite(L) and bool(xp.all(xp.linalg.diagonal(L) > 0))
+    except Exception:  # noqa: BLE001 -- each library raises its own LinAlgError
+        return False
 
 
 def to_numpy(x):

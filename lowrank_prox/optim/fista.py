@@ -13,6 +13,17 @@ from .psilora import _check_common
 __all__ = ["PSILoRAFISTA"]
 
 
+def extrapolate(Ux, Vx, Up, Vp, mu, *, iters, ridge, gram_jitter=0.0):
+    """``LoRSum_K((1 + μ) x − μ x_prev)``, warm start and anchor ``x = Ux Vxᵀ`` (SPEC §3).
+
+    The FISTA extrapolation kept at rank r, shared by :class:`PSILoRAFISTA` and Scaled
+    PSI-LoRA's ``momentum_mode="fista"``; inner dimension 2r.
+    """
+    extrapolated = LowRankSum([(1.0 + mu, Ux, Vx), (-mu, Up, Vp)], check_finite=False)
+    return lorsum(extrapolated, Ux, Vx, iters=iters, ridge=ridge, gram_jitter=gram_jitter,
+                  check_finite=False)
+
+
 class PSILoRAFISTA(LoRAOptimizer):
     """PSI-LoRA with FISTA-style extrapolation instead of a momentum buffer (SPEC §6).
 
@@ -83,7 +94,6 @@ class PSILoRAFISTA(LoRAOptimizer):
         if mu == 0:
             return (Ux, Vx), new_state
         Up, Vp = state.get("prev_U", U), state.get("prev_V", V)
-        extrapolated = LowRankSum([(1.0 + mu, Ux, Vx), (-mu, Up, Vp)], check_finite=False)
-        U1, V1 = lorsum(extrapolated, Ux, Vx, iters=K, ridge=lam, check_finite=False)
+        U1, V1 = extrapolate(Ux, Vx, Up, Vp, mu, iters=K, ridge=lam)
         new_state.update(prev_U=Ux, prev_V=Vx)
         return (U1, V1), new_state

@@ -9,9 +9,11 @@ import torch
 from .. import _validate
 from ..factored import LowRankSum
 from ..lorsum import lorsum
-from ..metrics import KINDS, REDUCTIONS, diagonal_statistics, ema_update, fractional_power
+from ..metrics import KINDS, REDUCTIONS
 from ..scaled import scaled_lorsum
+from . import _scaled_options as _opt
 from ._base import LoRAOptimizer
+from .fista import extrapolate
 from .psilora import DEFAULT_BALANCE, balanced, check_balance
 
 __all__ = ["ScaledPSILoRA"]
@@ -102,6 +104,26 @@ class ScaledPSILoRA(LoRAOptimizer):
     other_weight_decay : float, default 0
     other_optimizer : callable or None
         Replaces that Adam (``params -> torch.optim.Optimizer``).
+    metric_type : {"diagonal", "dense", "lowrank"}, default "diagonal"
+        ``"dense"``: full n×n and m×m statistics and matrix powers
+        (:func:`lowrank_prox.metrics.matrix_fractional_power`); state ``O(n² + m²)`` per layer.
+        ``"lowrank"``: the statistics' EMA kept at rank ``metric_rank`` by LoRSum, plus the
+        damping (and the EMA's decayed start) times I
+        (:func:`lowrank_prox.metrics.lowrank_fractional_power`).
+    metric_rank : int or None
+        k ≥ 1 of ``metric_type="lowrank"``, default the layer's rank (capped at each side).
+    matrix_power_method : {"eigh", "newton_schulz"}, default "eigh"
+        How a dense metric's power and inverse are computed (Newton–Schulz: p ∈ {0, ¼, ½, 1}).
+    newton_schulz_iters : int, default 25
+        Newton–Schulz iterations per square root (the authors': 6).
+    start_precondition_step : int, default 0
+        Steps ``t < start_precondition_step`` (1-based) are Adam steps on the factors (metric
+        EMAs updated, momentum not); 0 or 1: none.
+    beta2_warmup : bool, default False
+        Metric EMA factor ``min(β2, 1 − 1/(t+1))`` at step t.
+    momentum_mode : {"normal", "fista", "naive"}, default "normal"
+        The low-rank momentum M (SPEC §7), the authors' FISTA extrapolation with μ = β1, or
+        heavy-ball momentum on the factors; formulas in :mod:`lowrank_prox.optim._scaled_options`.
 
     Notes
     -----
@@ -134,6 +156,13 @@ class ScaledPSILoRA(LoRAOptimizer):
         other_lr=1e-4,
         other_weight_decay=0.0,
         other_optimizer=None,
+        metric_type="diagonal",
+        matrix_power_method="eigh",
+        newton_schulz_iters=25,
+        metric_rank=None,
+        start_precondition_step=0,
+        beta2_warmup=False,
+        momentum_mode="normal",
     ):
         iters = _validate.check_int(iters, "iters", low=0)
         balance, gram_jitter = check_balance(balance, gram_jitter)
@@ -156,6 +185,9 @@ class ScaledPSILoRA(LoRAOptimizer):
             raise TypeError(f"bias_correction must be a bool; got {bias_correction!r}")
         if seed is not None:
             seed = _validate.check_int(seed, "seed")
+        options = _opt.check_options(metric_type, matrix_power_method, newton_schulz_iters,
+                                     metric_rank, start_precondition_step, beta2_warmup,
+                                     momentum_mode, power, balance)
         other_lr = _validate.check_real(other_lr, "other_lr", low=0.0)
         other_weight_decay = _validate.check_real(other_weight_decay, "other_weight_decay", low=0.0)
         if other_optimizer is None:
@@ -184,6 +216,7 @@ class ScaledPSILoRA(LoRAOptimizer):
                 "balance": balance,
                 "gram_jitter": gram_jitter,
                 "bias_correction": bias_correction,
+                **options,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
@@ -196,12 +229,8 @@ class ScaledPSILoRA(LoRAOptimizer):
     def _init_layer_state(self, layer, group):
         kw = {"dtype": layer.dtype, "device": layer.B.device}
         scale = 0.0 if group["bias_correction"] else group["init_metric_scale"]
-        state = {
-            "step": 0,
-            "metric_in": torch.full((layer.in_features,), scale, **kw),
-            "metric_out": torch.full((layer.out_features,), scale, **kw),
-        }
-        if group["betas"][0] > 0:
+        state = {"step": 0, **_opt.initial_metrics(layer, scale, group, self._generator, **kw)}
+        if group["betas"][0] > 0 and group.get("momentum_mode", "normal") == "normal":
             r_M = min(group["momentum_rank"] or layer.rank, layer.in_features, layer.out_features)
             M_V = torch.randn(
                 layer.in_features, r_M, generator=self._generator, dtype=torch.float64
@@ -214,45 +243,44 @@ class ScaledPSILoRA(LoRAOptimizer):
         """``(P_in, P_out)`` of ``layer`` (a :class:`LoRALayer`) from its current metric state."""
         group = self.param_groups[0]
         state = self.state[layer.B]
+        if group.get("metric_type") == "lowrank":
+            pairs = _opt.lowrank_metric_pairs(state, state["step"], group)
+            return pairs[0][0], pairs[1][0]
         a, g = self._corrected(state["metric_in"], state["metric_out"], state["step"], group)
-        return (
-            fractional_power(a, damping=group["damping"], power=group["power"]),
-            fractional_power(g, damping=group["damping"], power=group["power"]),
-        )
+        return _opt.metric_pair(a, group)[0], _opt.metric_pair(g, group)[0]
 
     @staticmethod
     def _corrected(a, g, step, group):
         """The EMA statistics divided by ``1 − β2^t`` when ``bias_correction`` (Adam's rule)."""
         if not group["bias_correction"] or step == 0:
             return a, g
-        c = 1.0 - group["betas"][1] ** step
+        c = 1.0 - _opt.beta2_decay(step, group["betas"][1], group.get("beta2_warmup", False))
         return a / c, g / c
 
     def _layer_step(self, layer, grad, group, state):
         lr, K = group["lr"], group["iters"]
-        beta1, beta2 = group["betas"]
+        beta1 = group["betas"][0]
         lam = self._ridge(group)
+        t, mode = state["step"] + 1, group.get("momentum_mode", "normal")
         # 1. metrics from the (clipped) batch, then P = (stat + ε)^p
-        a_batch, g_batch = diagonal_statistics(
-            grad.X, grad.scale * grad.Delta, kind=group["metric"], reduction=group["reduction"]
+        entries, ((P_in, inv_in), (P_out, inv_out)) = _opt.update_metrics(
+            grad, group, state, t, lam, self._corrected
         )
-        a = ema_update(state["metric_in"], a_batch, beta2)
-        g = ema_update(state["metric_out"], g_batch, beta2)
-        a_hat, g_hat = self._corrected(a, g, state["step"] + 1, group)
-        P_in = fractional_power(a_hat, damping=group["damping"], power=group["power"])
-        P_out = fractional_power(g_hat, damping=group["damping"], power=group["power"])
-        inv_in, inv_out = (1.0 / P_in)[:, None], (1.0 / P_out)[:, None]
+        new_state = {**state, "step": t, **entries}
+        U, V = layer.factors()
+        if t < group.get("start_precondition_step", 0):  # Adam warm-up
+            U1, V1, entries = _opt.adam_warmup_step(U, V, grad, group, state)
+            return (U1, V1), {**new_state, **entries}
+        new_state = _opt.drop_warmup_state(new_state)
 
         # 2. weight step: T = UVᵀ − η P_out⁻¹[(1−β1)G + β1 M]P_in⁻¹, by row scaling
-        U, V = layer.factors()
-        terms = [
-            (1.0, U, V),
-            (-lr * (1.0 - beta1) * grad.scale, inv_out * grad.Delta.mT, inv_in * grad.X.mT),
-        ]
+        pre = _opt.precondition
+        g_coef = -lr * (1.0 if mode != "normal" else 1.0 - beta1) * grad.scale
+        terms = [(1.0, U, V), (g_coef, pre(inv_out, grad.Delta.mT), pre(inv_in, grad.X.mT))]
         has_momentum = beta1 > 0 and "momentum_U" in state
         if has_momentum:
             M_U, M_V = state["momentum_U"], state["momentum_V"]
-            terms.append((-lr * beta1, inv_out * M_U, inv_in * M_V))
+            terms.append((-lr * beta1, pre(inv_out, M_U), pre(inv_in, M_V)))
         target = LowRankSum(terms, check_finite=False)
         where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
         U1, V1 = scaled_lorsum(
@@ -266,9 +294,15 @@ class ScaledPSILoRA(LoRAOptimizer):
             gram_jitter=eps,
             check_finite=False,
         )
+        if mode == "naive":
+            U1, V1, entries = _opt.naive_momentum_step(U, V, U1, V1, state, lr, beta1)
+            return (U1, V1), {**new_state, **entries}
         if where in ("adapter", "both"):
             U1, V1 = balanced(U1, V1, metric_in=P_in, metric_out=P_out)
-        new_state = {**state, "step": state["step"] + 1, "metric_in": a, "metric_out": g}
+        if mode == "fista" and beta1 > 0:
+            Up, Vp = state.get("prev_U", U), state.get("prev_V", V)
+            new_state.update(prev_U=U1, prev_V=V1)
+            U1, V1 = extrapolate(U1, V1, Up, Vp, beta1, iters=K, ridge=lam, gram_jitter=eps)
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
