@@ -190,10 +190,7 @@ class PSILoRA(LoRAOptimizer):
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
-        if diagnostics is not False:
-            from ._diagnostics import SubspaceDiagnostics
-
-            SubspaceDiagnostics.attach_to(self, diagnostics)
+        self._attach_diagnostics(diagnostics)
 
     def _init_layer_state(self, layer, group):
         state = {"step": 0}
@@ -267,7 +264,8 @@ class ProjPSILoRA(LoRAOptimizer):
 
     Memory: two buffers and two previous factors (≈ 5× the LoRA parameters).  Parameters as
     :class:`PSILoRA` (no ``momentum_rank``).  ``iters=0`` makes step 1 the Jacobi step (not a
-    no-op as in the reference code, paper.md §6.1).
+    no-op as in the reference code, paper.md §6.1).  ``diagnostics`` as in :class:`PSILoRA`;
+    only step 1 is a LoRSum call (``"step"``): the momentum lives in factor space.
     """
 
     def __init__(
@@ -283,6 +281,7 @@ class ProjPSILoRA(LoRAOptimizer):
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        diagnostics=False,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
         super().__init__(
@@ -294,6 +293,7 @@ class ProjPSILoRA(LoRAOptimizer):
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
+        self._attach_diagnostics(diagnostics)
 
     def _init_layer_state(self, layer, group):
         return {"step": 0}
@@ -305,6 +305,8 @@ class ProjPSILoRA(LoRAOptimizer):
         target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
         Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, check_finite=False)
         new_state = {**state, "step": state["step"] + 1}
+        self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam,
+                       step=new_state["step"])
         if mu == 0:
             return (Up, Vp), new_state
         G = grad.as_sum()

@@ -102,6 +102,13 @@ class ScaledPSILoRA(LoRAOptimizer):
     other_weight_decay : float, default 0
     other_optimizer : callable or None
         Replaces that Adam (``params -> torch.optim.Optimizer``).
+    diagnostics : bool or SubspaceDiagnostics, default False
+        Record both LoRSum calls per layer and step, as in :class:`PSILoRA`
+        (:class:`lowrank_prox.optim.SubspaceDiagnostics`).  The ``"step"`` call is measured in
+        the step's metric (:func:`lowrank_prox.subspace_diagnostics` with ``metric_in=P_in``,
+        ``metric_out=P_out``: Π_r of ``P_out^{1/2}TP_in^{1/2}``, where scaled LoRSum is
+        subspace iteration, SPEC §7); the unscaled ``"momentum"`` call in the plain norm.  The
+        theorem's ``theory_applies`` needs ``λ ≤ ridge_tol``, and λ ≥ ``min_ridge`` here.
 
     Notes
     -----
@@ -134,6 +141,7 @@ class ScaledPSILoRA(LoRAOptimizer):
         other_lr=1e-4,
         other_weight_decay=0.0,
         other_optimizer=None,
+        diagnostics=False,
     ):
         iters = _validate.check_int(iters, "iters", low=0)
         balance, gram_jitter = check_balance(balance, gram_jitter)
@@ -188,6 +196,7 @@ class ScaledPSILoRA(LoRAOptimizer):
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
         )
+        self._attach_diagnostics(diagnostics)
 
     def _ridge(self, group):
         """λ = max(η·λ0, min_ridge) with the scheduled η (SPEC §7)."""
@@ -266,15 +275,19 @@ class ScaledPSILoRA(LoRAOptimizer):
             gram_jitter=eps,
             check_finite=False,
         )
+        step = state["step"] + 1
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, step=step,
+                       metric_in=P_in, metric_out=P_out)
         if where in ("adapter", "both"):
             U1, V1 = balanced(U1, V1, metric_in=P_in, metric_out=P_out)
-        new_state = {**state, "step": state["step"] + 1, "metric_in": a, "metric_out": g}
+        new_state = {**state, "step": step, "metric_in": a, "metric_out": g}
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
             start = "u" if lam == 0 and not bool(M_U.any()) else "v"
-            M_U, M_V = lorsum(
-                grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
+            target_M = grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)])
+            M_U1, M_V1 = lorsum(
+                target_M,
                 M_U,
                 M_V,
                 iters=max(K, 1),
@@ -283,6 +296,9 @@ class ScaledPSILoRA(LoRAOptimizer):
                 gram_jitter=eps,
                 check_finite=False,
             )
+            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
+                           iters=max(K, 1), ridge=lam, side=start, step=step)
+            M_U, M_V = M_U1, M_V1
             if where in ("momentum", "both"):
                 M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
