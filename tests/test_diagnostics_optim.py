@@ -224,3 +224,20 @@ def test_trainer_log_history_carries_the_table(tmp_path):
     assert t["holds"].all()
     with pytest.raises(TypeError, match="SubspaceDiagnostics"):
         trainer_callback(opt)
+
+
+def test_auto_iterations_vs_fixed_K_on_the_linear_task():
+    """``iters="auto"`` on the linear task (analysis.theory.run_auto_linear, as the verify row,
+    smaller): tol = 0 is K = max_iters exactly; tol 1e-4 reaches K = 8's excess (0.1 %) with
+    half its iterations; a looser tol spends fewer iterations and reaches a larger excess."""
+    from analysis import theory as T
+
+    cfg = T.AutoLinearConfig(d_in=50, d_out=150, rank=4, epochs=10, fixed=(1, 8),
+                             tols=(1e-2, 1e-4, 0.0), max_iters=8)
+    by = {r["variant"]: r for r in T.run_auto_linear(cfg)["rows"]}
+    k1, k8 = by["K=1"], by["K=8"]
+    a0, a4, a2 = by["auto tol=0"], by["auto tol=0.0001"], by["auto tol=0.01"]
+    assert a0["iterations"] == k8["iterations"] == 80 and a0["excess"] == k8["excess"]
+    assert a4["iterations"] <= 40 and a4["excess"] == pytest.approx(k8["excess"], rel=1e-3)
+    assert k1["iterations"] < a2["iterations"] < a4["iterations"]
+    assert k8["excess"] < a4["excess"] < a2["excess"] < k1["excess"]

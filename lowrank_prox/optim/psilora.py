@@ -38,6 +38,22 @@ def balanced(U, V, *, metric_in=None, metric_out=None):
     return Ub, Vb
 
 
+def momentum_call(opt, layer, target, M_U, M_V, *, iters, ridge, gram_jitter, step):
+    """The low-rank momentum update ``M ← LoRSum_{max(K,1)}(target)`` of PSI-LoRA and Scaled
+    PSI-LoRA (SPEC §6, §7), recorded as the ``"momentum"`` call by ``opt``'s diagnostics.
+
+    With λ = 0 a V-step from ``M_U = 0`` has no information (pinv of a zero Gram gives
+    ``M_V = 0`` for good), so that call starts with the U-step, the range finder.
+    """
+    K = max(iters, 1)
+    start = "u" if ridge == 0 and not bool(M_U.any()) else "v"
+    out = lorsum(target, M_U, M_V, iters=K, ridge=ridge, start=start, gram_jitter=gram_jitter,
+                 check_finite=False)
+    opt._diagnose(layer, "momentum", target, (M_U, M_V), out, iters=K, ridge=ridge, side=start,
+                  step=step)
+    return out
+
+
 def _check_common(lr, iters, ridge, momentum, dampening):
     iters = _validate.check_int(iters, "iters", low=0)
     ridge = _validate.check_real(ridge, "ridge", low=0.0)
@@ -231,15 +247,8 @@ class PSILoRA(LoRAOptimizer):
             extra = [(mu, M_U, M_V)]
             if residual:
                 extra.append((1.0, state["residual_U"], state["residual_V"]))
-            # With λ = 0 a V-step from M_U = 0 has no information (pinv of a zero Gram gives
-            # M_V = 0 for good): start the first call with the U-step, the range finder.
-            start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
-            target_M = grad.as_sum(1.0 - d, extra=extra)
-            M_U1, M_V1 = lorsum(target_M, M_U, M_V, iters=max(K, 1), ridge=lam_M, start=start,
-                                gram_jitter=eps, check_finite=False)
-            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
-                           iters=max(K, 1), ridge=lam_M, side=start, step=step)
-            M_U, M_V = M_U1, M_V1
+            M_U, M_V = momentum_call(self, layer, grad.as_sum(1.0 - d, extra=extra), M_U, M_V,
+                                     iters=K, ridge=lam_M, gram_jitter=eps, step=step)
             if residual:
                 new_state.update(residual_update(grad, state, mu, d, (M_U, M_V), K, lam_M))
             if where in ("momentum", "both"):

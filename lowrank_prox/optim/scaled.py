@@ -8,11 +8,10 @@ import torch
 
 from .. import _validate
 from ..factored import LowRankSum
-from ..lorsum import lorsum
 from ..metrics import KINDS, REDUCTIONS, diagonal_statistics, ema_update, fractional_power
 from ..scaled import scaled_lorsum
 from ._base import LoRAOptimizer
-from .psilora import DEFAULT_BALANCE, balanced, check_balance
+from .psilora import DEFAULT_BALANCE, balanced, check_balance, momentum_call
 
 __all__ = ["ScaledPSILoRA"]
 
@@ -284,21 +283,9 @@ class ScaledPSILoRA(LoRAOptimizer):
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
-            start = "u" if lam == 0 and not bool(M_U.any()) else "v"
-            target_M = grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)])
-            M_U1, M_V1 = lorsum(
-                target_M,
-                M_U,
-                M_V,
-                iters=max(K, 1),
-                ridge=lam,
-                start=start,
-                gram_jitter=eps,
-                check_finite=False,
-            )
-            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
-                           iters=max(K, 1), ridge=lam, side=start, step=step)
-            M_U, M_V = M_U1, M_V1
+            M_U, M_V = momentum_call(self, layer,
+                                     grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
+                                     M_U, M_V, iters=K, ridge=lam, gram_jitter=eps, step=step)
             if where in ("momentum", "both"):
                 M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
