@@ -111,7 +111,10 @@ def subspace_diagnostics(
         result's dtype.
     ridge_tol : float, default 0
         Count the theory as applicable when ``ridge ≤ ridge_tol`` (a ridge kept only so that a
-        zero ``lora_B`` can move; its effect on the result is ``O(λ/σ_r²)``).
+        zero ``lora_B`` can move).  Its effect on the result is ``O(λ/σ_min(U0)²)``, set by the
+        warm start's *gauge*, not by ``σ_r(Y)``: a pair grown from ``lora_B = 0`` can stay far
+        from balanced (seen in training: ``σ_min(U0) = 1.7e-4``, ``‖V0‖ = 5.6e3``), and then
+        λ = 2e-10 moves ``tan θ_1`` from 1.6e-8 to 5.7e-8, past a bound of 4.5e-8.
     metric_in, metric_out : arrays of shape (n,) / (m,) (positive diagonals), (n, n) / (m, m)
         (SPD), or None (identity)
         The metrics of a :func:`lowrank_prox.scaled_lorsum` call: everything is then measured
