@@ -113,12 +113,21 @@ CALLS = {"psilora": {"step", "momentum"}, "scaled": {"step", "momentum"}, "proj"
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_diagnostics_leave_training_bitwise_unchanged(name):
+def test_diagnostics_leave_training_bitwise_unchanged(name, monkeypatch):
+    import lowrank_prox.optim._diagnostics as D
+
+    calls = []
+    measure = D.subspace_diagnostics
+    monkeypatch.setattr(D, "subspace_diagnostics", lambda *a, **k: calls.append(1) or
+                        measure(*a, **k))
     out = []
     for diag in (False, True):
         layer = _layer()
         opt = OPTIMIZERS[name](layer, diag)
         _train(layer, opt, _batches(3))
+        if diag is False:
+            assert calls == []  # off: nothing is measured
+
         out.append((layer.lora_A.detach().clone(), layer.lora_B.detach().clone(), opt))
     (A0, B0, off), (A1, B1, on) = out
     assert off.diagnostics is None and isinstance(on.diagnostics, SubspaceDiagnostics)
