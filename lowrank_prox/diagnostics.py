@@ -33,6 +33,15 @@ These bounds are derived here from the statement of SPEC §4 (not from the paper
 start is orthogonal to ``U_r*`` (``θ_0 = π/2``).  With ``start="u"`` the roles of U and V swap
 (the call is then LoRSum on ``Yᵀ``).  ``distance`` is also how far the call is from SVDLoRA's
 step ``Π_r(Y)`` from the same point.  Everything is computed in float64.
+
+Scaled LoRSum (SPEC §7).  With SPD metrics ``P_in``, ``P_out`` (``metric_in``, ``metric_out``)
+every half-step of :func:`lowrank_prox.scaled_lorsum` is the plain LoRSum half-step in the
+weighted variables ``Ũ = P_out^{1/2}U``, ``Ṽ = P_in^{1/2}V``, ``Ỹ = P_out^{1/2} Y P_in^{1/2}``
+(the ridge ``λ(‖P_out^{1/2}ΔU‖² + ‖P_in^{1/2}ΔV‖²)`` included), so everything above holds with
+``Y, U, V`` replaced by ``Ỹ, Ũ, Ṽ``: the diagnostics are then measured in the metric (gap
+``σ̃_{r+1}/σ̃_r`` of ``Ỹ``, distance ``‖P_out^{1/2}(UVᵀ − Π̃_r)P_in^{1/2}‖/‖Π̃_r(Ỹ)‖``).  A
+dense metric enters through its Cholesky factor ``P = LLᵀ`` (``Lᵀ`` in place of ``P^{1/2}``:
+the two differ by an orthogonal factor, which changes no norm and no angle).
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import math
 from . import _validate, _xp
 from .factored import LowRankSum, as_operator
 from .geometry import principal_angles
+from .scaled import _check_metric
 from .svd import truncated_svd
 
 __all__ = ["factored_norm", "predicted_iters", "subspace_diagnostics"]
@@ -77,7 +87,8 @@ def predicted_iters(gap, tan0, *, target=0.01, rank=1, sigma1_over_norm=1.0):
 
 
 def subspace_diagnostics(
-    target, U0, V0, U, V, *, iters, ridge=0.0, start="v", floor=None, ridge_tol=0.0
+    target, U0, V0, U, V, *, iters, ridge=0.0, start="v", floor=None, ridge_tol=0.0,
+    metric_in=None, metric_out=None,
 ):
     """Measured distance of a LoRSum result to Π_r(Y) and Theorem 3.1's prediction (SPEC §4).
 
@@ -100,7 +111,14 @@ def subspace_diagnostics(
         result's dtype.
     ridge_tol : float, default 0
         Count the theory as applicable when ``ridge ≤ ridge_tol`` (a ridge kept only so that a
-        zero ``lora_B`` can move; its effect on the result is ``O(λ/σ_r²)``).
+        zero ``lora_B`` can move).  Its effect on the result is ``O(λ/σ_min(U0)²)``, set by the
+        warm start's *gauge*, not by ``σ_r(Y)``: a pair grown from ``lora_B = 0`` can stay far
+        from balanced (seen in training: ``σ_min(U0) = 1.7e-4``, ``‖V0‖ = 5.6e3``), and then
+        λ = 2e-10 moves ``tan θ_1`` from 1.6e-8 to 5.7e-8, past a bound of 4.5e-8.
+    metric_in, metric_out : arrays of shape (n,) / (m,) (positive diagonals), (n, n) / (m, m)
+        (SPD), or None (identity)
+        The metrics of a :func:`lowrank_prox.scaled_lorsum` call: everything is then measured
+        for the weighted target ``P_out^{1/2} Y P_in^{1/2}`` and factors (module docstring).
 
     Returns
     -------
@@ -134,6 +152,8 @@ def subspace_diagnostics(
     f64 = xp.float64
     op = op.astype(f64)
     U0, V0, U, V = (xp.astype(a, f64) for a in (U0, V0, U, V))
+    if metric_in is not None or metric_out is not None:
+        op, U0, V0, U, V = _weighted(op, (U0, V0, U, V), metric_in, metric_out, n, m)
     if start == "u":  # LoRSum on Yᵀ with the roles of U and V swapped
         op, U0, V0, U, V = op.T, V0, U0, V, U
     return _diagnose(op, U0, U, V, r, iters, ridge, floor, ridge_tol, xp)
@@ -148,6 +168,29 @@ def _factored_norm(terms, xp):
     _, Rp = xp.linalg.qr(P)
     _, Rq = xp.linalg.qr(Q)
     return float(xp.linalg.vector_norm(Rp @ Rq.mT))
+
+
+def _sqrt_metric(P, name, size, like):
+    """``W -> P^{1/2}W`` (diagonal) or ``W -> LᵀW`` (dense ``P = LLᵀ``); identity for None."""
+    P = _check_metric(P, name, size, like, True)
+    if P is None:
+        return lambda W: W
+    xp = _xp.get_namespace(like)
+    if P.shape[1] == 1:
+        root = xp.sqrt(P)
+        return lambda W: root * W
+    Lt = xp.linalg.cholesky(P).mT
+    return lambda W: Lt @ W
+
+
+def _weighted(op, factors, metric_in, metric_out, n, m):
+    """The weighted target ``P_out^{1/2} Y P_in^{1/2}`` and factors (module docstring)."""
+    like = factors[0]
+    s_in = _sqrt_metric(metric_in, "metric_in", n, like)
+    s_out = _sqrt_metric(metric_out, "metric_out", m, like)
+    wop = LowRankSum([(c, s_out(Ui), s_in(Vi)) for c, Ui, Vi in op.terms], check_finite=False)
+    U0, V0, U, V = factors
+    return wop, s_out(U0), s_in(V0), s_out(U), s_in(V)
 
 
 def _angles(A, B, r):

@@ -20,6 +20,7 @@ NOTEBOOKS = (
     "02_lorsum_power_method",
     "03_psi_lora_linear_task",
     "04_scaled_metrics",
+    "05_convergence_in_training",
 )
 PRESENT = [name for name in NOTEBOOKS if (NB_DIR / f"{name}.py").exists()]
 

@@ -343,6 +343,14 @@ class LoRAOptimizer(torch.optim.Optimizer):
     #: ``None`` (off: :meth:`_diagnose` is one attribute test).
     diagnostics = None
 
+    def _attach_diagnostics(self, diagnostics):
+        """Constructor helper of the ``diagnostics`` option: ``False`` leaves it off, ``True`` or
+        a :class:`~lowrank_prox.optim.SubspaceDiagnostics` sets :attr:`diagnostics`."""
+        if diagnostics is not False:
+            from ._diagnostics import SubspaceDiagnostics
+
+            SubspaceDiagnostics.attach_to(self, diagnostics)
+
     def _diagnose(self, layer, call, target, start, result, **info):
         """Hand one LoRSum call (target, warm start, result) to :attr:`diagnostics`, if set."""
         if self.diagnostics is not None:

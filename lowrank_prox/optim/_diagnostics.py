@@ -6,6 +6,9 @@
     table = diag.table()     # dict of NumPy arrays, one row per (layer, call, step)
     diag.summary()           # per layer and call: fraction of steps where the bound holds, ...
 
+PSILoRA, ScaledPSILoRA (its step call measured in the step's metric) and ProjPSILoRA (step
+call only: its momentum lives in factor space) take ``diagnostics=``.
+
 Each row is :func:`lowrank_prox.diagnostics.subspace_diagnostics` of one call: the exact
 Π_r of the call's factored target from the QR core, the gap σ_{r+1}/σ_r, the distance of the
 result to Π_r relative to ‖Π_r‖ (= its distance to SVDLoRA's step from the same point), the
@@ -77,14 +80,17 @@ class SubspaceDiagnostics:
         return diagnostics
 
     # -- recording (called by LoRAOptimizer._diagnose) -------------------------------------
-    def record(self, layer, call, target, start, result, *, iters, ridge, step, side="v"):
+    def record(self, layer, call, target, start, result, *, iters, ridge, step, side="v",
+               metric_in=None, metric_out=None):
         """Measure one LoRSum call of ``layer`` (``start``/``result`` are ``(U, V)`` pairs;
-        ``side`` is the call's ``start`` option)."""
+        ``side`` is the call's ``start`` option; ``metric_in``/``metric_out`` those of a
+        scaled LoRSum call, which is then measured in its metric)."""
         if call not in self.calls or (step - 1) % self.every:
             return
         row = subspace_diagnostics(target, *start, *result, iters=iters, ridge=ridge,
                                    start=side, floor=self.floor,
-                                   ridge_tol=self.ridge_tol)
+                                   ridge_tol=self.ridge_tol, metric_in=metric_in,
+                                   metric_out=metric_out)
         self._rows[(layer.name, call, int(step))] = row
 
     def clear(self):

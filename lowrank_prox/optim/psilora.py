@@ -38,6 +38,22 @@ def balanced(U, V, *, metric_in=None, metric_out=None):
     return Ub, Vb
 
 
+def momentum_call(opt, layer, target, M_U, M_V, *, iters, ridge, gram_jitter, step):
+    """The low-rank momentum update ``M ← LoRSum_{max(K,1)}(target)`` of PSI-LoRA and Scaled
+    PSI-LoRA (SPEC §6, §7), recorded as the ``"momentum"`` call by ``opt``'s diagnostics.
+
+    With λ = 0 a V-step from ``M_U = 0`` has no information (pinv of a zero Gram gives
+    ``M_V = 0`` for good), so that call starts with the U-step, the range finder.
+    """
+    K = max(iters, 1)
+    start = "u" if ridge == 0 and not bool(M_U.any()) else "v"
+    out = lorsum(target, M_U, M_V, iters=K, ridge=ridge, start=start, gram_jitter=gram_jitter,
+                 check_finite=False)
+    opt._diagnose(layer, "momentum", target, (M_U, M_V), out, iters=K, ridge=ridge, side=start,
+                  step=step)
+    return out
+
+
 def _check_common(lr, iters, ridge, momentum, dampening):
     iters = _validate.check_int(iters, "iters", low=0)
     ridge = _validate.check_real(ridge, "ridge", low=0.0)
@@ -190,10 +206,7 @@ class PSILoRA(LoRAOptimizer):
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
-        if diagnostics is not False:
-            from ._diagnostics import SubspaceDiagnostics
-
-            SubspaceDiagnostics.attach_to(self, diagnostics)
+        self._attach_diagnostics(diagnostics)
 
     def _init_layer_state(self, layer, group):
         state = {"step": 0}
@@ -234,15 +247,8 @@ class PSILoRA(LoRAOptimizer):
             extra = [(mu, M_U, M_V)]
             if residual:
                 extra.append((1.0, state["residual_U"], state["residual_V"]))
-            # With λ = 0 a V-step from M_U = 0 has no information (pinv of a zero Gram gives
-            # M_V = 0 for good): start the first call with the U-step, the range finder.
-            start = "u" if lam_M == 0 and not bool(M_U.any()) else "v"
-            target_M = grad.as_sum(1.0 - d, extra=extra)
-            M_U1, M_V1 = lorsum(target_M, M_U, M_V, iters=max(K, 1), ridge=lam_M, start=start,
-                                gram_jitter=eps, check_finite=False)
-            self._diagnose(layer, "momentum", target_M, (M_U, M_V), (M_U1, M_V1),
-                           iters=max(K, 1), ridge=lam_M, side=start, step=step)
-            M_U, M_V = M_U1, M_V1
+            M_U, M_V = momentum_call(self, layer, grad.as_sum(1.0 - d, extra=extra), M_U, M_V,
+                                     iters=K, ridge=lam_M, gram_jitter=eps, step=step)
             if residual:
                 new_state.update(residual_update(grad, state, mu, d, (M_U, M_V), K, lam_M))
             if where in ("momentum", "both"):
@@ -267,7 +273,8 @@ class ProjPSILoRA(LoRAOptimizer):
 
     Memory: two buffers and two previous factors (≈ 5× the LoRA parameters).  Parameters as
     :class:`PSILoRA` (no ``momentum_rank``).  ``iters=0`` makes step 1 the Jacobi step (not a
-    no-op as in the reference code, paper.md §6.1).
+    no-op as in the reference code, paper.md §6.1).  ``diagnostics`` as in :class:`PSILoRA`;
+    only step 1 is a LoRSum call (``"step"``): the momentum lives in factor space.
     """
 
     def __init__(
@@ -283,6 +290,7 @@ class ProjPSILoRA(LoRAOptimizer):
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        diagnostics=False,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
         super().__init__(
@@ -294,6 +302,7 @@ class ProjPSILoRA(LoRAOptimizer):
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
         )
+        self._attach_diagnostics(diagnostics)
 
     def _init_layer_state(self, layer, group):
         return {"step": 0}
@@ -305,6 +314,8 @@ class ProjPSILoRA(LoRAOptimizer):
         target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
         Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, check_finite=False)
         new_state = {**state, "step": state["step"] + 1}
+        self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam,
+                       step=new_state["step"])
         if mu == 0:
             return (Up, Vp), new_state
         G = grad.as_sum()

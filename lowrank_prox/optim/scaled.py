@@ -8,13 +8,12 @@ import torch
 
 from .. import _validate
 from ..factored import LowRankSum
-from ..lorsum import lorsum
 from ..metrics import KINDS, REDUCTIONS
 from ..scaled import scaled_lorsum
 from . import _scaled_options as _opt
 from ._base import LoRAOptimizer
 from .fista import extrapolate
-from .psilora import DEFAULT_BALANCE, balanced, check_balance
+from .psilora import DEFAULT_BALANCE, balanced, check_balance, momentum_call
 
 __all__ = ["ScaledPSILoRA"]
 
@@ -124,6 +123,13 @@ class ScaledPSILoRA(LoRAOptimizer):
     momentum_mode : {"normal", "fista", "naive"}, default "normal"
         The low-rank momentum M (SPEC §7), the authors' FISTA extrapolation with μ = β1, or
         heavy-ball momentum on the factors; formulas in :mod:`lowrank_prox.optim._scaled_options`.
+    diagnostics : bool or SubspaceDiagnostics, default False
+        Record both LoRSum calls per layer and step, as in :class:`PSILoRA`
+        (:class:`lowrank_prox.optim.SubspaceDiagnostics`).  The ``"step"`` call is measured in
+        the step's metric (:func:`lowrank_prox.subspace_diagnostics` with ``metric_in=P_in``,
+        ``metric_out=P_out``: Π_r of ``P_out^{1/2}TP_in^{1/2}``, where scaled LoRSum is
+        subspace iteration, SPEC §7); the unscaled ``"momentum"`` call in the plain norm.  The
+        theorem's ``theory_applies`` needs ``λ ≤ ridge_tol``, and λ ≥ ``min_ridge`` here.
 
     Notes
     -----
@@ -163,6 +169,7 @@ class ScaledPSILoRA(LoRAOptimizer):
         start_precondition_step=0,
         beta2_warmup=False,
         momentum_mode="normal",
+        diagnostics=False,
     ):
         iters = _validate.check_int(iters, "iters", low=0)
         balance, gram_jitter = check_balance(balance, gram_jitter)
@@ -221,6 +228,7 @@ class ScaledPSILoRA(LoRAOptimizer):
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
         )
+        self._attach_diagnostics(diagnostics)
 
     def _ridge(self, group):
         """λ = max(η·λ0, min_ridge) with the scheduled η (SPEC §7)."""
@@ -294,6 +302,8 @@ class ScaledPSILoRA(LoRAOptimizer):
             gram_jitter=eps,
             check_finite=False,
         )
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, step=t,
+                       metric_in=P_in, metric_out=P_out)
         if mode == "naive":
             U1, V1, entries = _opt.naive_momentum_step(U, V, U1, V1, state, lr, beta1)
             return (U1, V1), {**new_state, **entries}
@@ -306,17 +316,9 @@ class ScaledPSILoRA(LoRAOptimizer):
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
-            start = "u" if lam == 0 and not bool(M_U.any()) else "v"
-            M_U, M_V = lorsum(
-                grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
-                M_U,
-                M_V,
-                iters=max(K, 1),
-                ridge=lam,
-                start=start,
-                gram_jitter=eps,
-                check_finite=False,
-            )
+            M_U, M_V = momentum_call(self, layer,
+                                     grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
+                                     M_U, M_V, iters=K, ridge=lam, gram_jitter=eps, step=t)
             if where in ("momentum", "both"):
                 M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
