@@ -89,6 +89,13 @@ class PeftLoRALayer(LoRALayer):
         super().__init__(name, module, A, B)
         self.adapter = adapter
         self.fan_in_fan_out = bool(getattr(module, "fan_in_fan_out", False))
+        #: ``True``: ``U = s·B`` (``peft_scaling="fold"``); ``False``: ``U = B`` (``"ignore"``).
+        self.fold = True
+
+    @property
+    def ignored_scaling(self):
+        """``s`` when the factors leave it out (``peft_scaling="ignore"``), else 1."""
+        return 1.0 if self.fold else self.scaling
 
     @property
     def scaling(self):
@@ -102,14 +109,14 @@ class PeftLoRALayer(LoRALayer):
         return s
 
     def factors(self):
-        """Copies ``(U, V) = (s·B, Aᵀ)`` in the compute dtype (float32 at least)."""
+        """Copies ``(U, V) = (s·B, Aᵀ)`` in the compute dtype (``(B, Aᵀ)`` unless ``fold``)."""
         U, V = super().factors()
-        return U * self.scaling, V
+        return (U * self.scaling if self.fold else U), V
 
     @torch.no_grad()
     def write(self, U, V):
-        """``B ← U / s``, ``A ← Vᵀ`` (cast to the parameters' dtype, in place)."""
-        super().write(U / self.scaling, V)
+        """``B ← U / s`` (``B ← U`` unless ``fold``), ``A ← Vᵀ`` (parameters' dtype, in place)."""
+        super().write((U / self.scaling if self.fold else U), V)
 
     def __repr__(self):
         return (

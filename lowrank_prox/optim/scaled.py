@@ -12,7 +12,9 @@ from ..lorsum import lorsum
 from ..metrics import KINDS, REDUCTIONS, diagonal_statistics, ema_update, fractional_power
 from ..scaled import scaled_lorsum
 from ._base import LoRAOptimizer
-from .psilora import DEFAULT_BALANCE, balanced, check_balance
+from ._published import check_eps_mode, resolve
+from .baselines import RuleOptimizer
+from .psilora import PROJECT, PUBLISHED, balanced, check_balance
 
 __all__ = ["ScaledPSILoRA"]
 
@@ -73,7 +75,7 @@ class ScaledPSILoRA(LoRAOptimizer):
         How the loss is reduced over rows (scales the statistics, SPEC §7).
     init_metric_scale : float, default 1.0
         Initial value of ``a`` and ``g`` when ``bias_correction=False``.
-    bias_correction : bool, default True
+    bias_correction : bool or None, default None (True)
         Start the metric EMAs at 0 and divide by ``1 − β2^t`` (Adam's rule), so the metric is the
         running mean of the batch statistics from the first step.  ``False`` is the reference
         code's convention (EMA started at ``init_metric_scale``, no correction).  Why the default
@@ -96,6 +98,29 @@ class ScaledPSILoRA(LoRAOptimizer):
         algorithm.
     gram_jitter : float, default 0
         ε ≥ 0 added to every Gram solve of both calls (the authors' code: 1e-6).
+    momentum_min_ridge : float or None
+        Lower bound of the momentum call's λ, default ``min_ridge``; the authors' momentum
+        call has none (``λ = η·λ0``, their value 0).
+    clip_side : {"output", "input"} or None
+        Which rows carry the clipping factor c in the metric statistics (the step's ``G`` is
+        ``c·ΔᵀX`` either way).  Default "output": ``Δ ← cΔ``, the output gradients of the
+        clipped loss; the input statistic ``a`` is the activations', independent of the
+        gradient's norm.  "input": ``X ← cX`` (the authors' ``clip_grads_``), so the K-FAC
+        ``a`` gets ``c²`` and ``g`` does not.  Shampoo statistics get ``c²`` on both sides
+        either way.
+    other_eps_mode : {"corrected", "raw"} or None
+        ε placement of the default Adam of the other parameters: "corrected" (default,
+        torch.optim.AdamW) or "raw" (the authors' ``adam_step_``,
+        :class:`~lowrank_prox.optim.baselines.RuleOptimizer`; see RPLoRA's ``eps_mode``).
+    peft_scaling : {"fold", "ignore"} or None
+        As :class:`~lowrank_prox.optim.LoRAOptimizer`; default "fold".
+    preset : {None, "published"}
+        ``"published"`` sets the options left at None to the authors' values:
+        ``bias_correction=False``, ``balance="none"``, ``gram_jitter=1e-6``,
+        ``momentum_min_ridge=0``, ``clip_side="input"``, ``other_eps_mode="raw"``,
+        ``peft_scaling="ignore"``; an explicit keyword wins.  ``bias_correction``,
+        ``balance`` and ``gram_jitter`` default to None for this reason (project values
+        True, "momentum", 0).
     other_lr : float, default 1e-4
         Learning rate of Adam(W) for the other trainable parameters (betas (0.9, 0.999),
         eps 1e-8, ``other_weight_decay``); it follows the LoRA group's schedule.
@@ -126,17 +151,30 @@ class ScaledPSILoRA(LoRAOptimizer):
         min_ridge=1e-5,
         reduction="mean",
         init_metric_scale=1.0,
-        bias_correction=True,
+        bias_correction=None,
         max_grad_norm=None,
         seed=None,
-        balance=DEFAULT_BALANCE,
-        gram_jitter=0.0,
+        balance=None,
+        gram_jitter=None,
         other_lr=1e-4,
         other_weight_decay=0.0,
         other_optimizer=None,
+        momentum_min_ridge=None,
+        clip_side=None,
+        other_eps_mode=None,
+        peft_scaling=None,
+        preset=None,
     ):
         iters = _validate.check_int(iters, "iters", low=0)
-        balance, gram_jitter = check_balance(balance, gram_jitter)
+        pub = resolve(preset, {
+            "balance": balance, "gram_jitter": gram_jitter, "peft_scaling": peft_scaling,
+            "bias_correction": bias_correction, "momentum_min_ridge": momentum_min_ridge,
+            "clip_side": clip_side, "other_eps_mode": other_eps_mode,
+        }, self._PROJECT, self._PUBLISHED)
+        balance, gram_jitter = check_balance(pub["balance"], pub["gram_jitter"])
+        bias_correction = pub["bias_correction"]
+        clip_side = _validate.check_choice(pub["clip_side"], "clip_side", ("output", "input"))
+        other_eps_mode = check_eps_mode(pub["other_eps_mode"], "other_eps_mode")
         ridge = _validate.check_real(ridge, "ridge", low=0.0)
         if not isinstance(betas, tuple | list) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
@@ -148,6 +186,8 @@ class ScaledPSILoRA(LoRAOptimizer):
         if momentum_rank is not None:
             momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
         min_ridge = _validate.check_real(min_ridge, "min_ridge", low=0.0)
+        momentum_min_ridge = min_ridge if pub["momentum_min_ridge"] is None else (
+            _validate.check_real(pub["momentum_min_ridge"], "momentum_min_ridge", low=0.0))
         _validate.check_choice(reduction, "reduction", REDUCTIONS)
         init_metric_scale = _validate.check_real(
             init_metric_scale, "init_metric_scale", low=0.0, low_open=True
@@ -158,6 +198,10 @@ class ScaledPSILoRA(LoRAOptimizer):
             seed = _validate.check_int(seed, "seed")
         other_lr = _validate.check_real(other_lr, "other_lr", low=0.0)
         other_weight_decay = _validate.check_real(other_weight_decay, "other_weight_decay", low=0.0)
+        if other_optimizer is None and other_eps_mode == "raw":
+            other_optimizer = partial(RuleOptimizer, optimizer="adamw", lr=other_lr,
+                                      betas=(0.9, 0.999), eps=1e-8,
+                                      weight_decay=other_weight_decay, eps_mode="raw")
         if other_optimizer is None:
             other_optimizer = partial(
                 torch.optim.AdamW,
@@ -184,10 +228,18 @@ class ScaledPSILoRA(LoRAOptimizer):
                 "balance": balance,
                 "gram_jitter": gram_jitter,
                 "bias_correction": bias_correction,
+                "momentum_min_ridge": momentum_min_ridge,
+                "clip_side": clip_side,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
+            peft_scaling=pub["peft_scaling"],
         )
+
+    _PROJECT = {**PROJECT, "bias_correction": True, "momentum_min_ridge": None,
+                "clip_side": "output", "other_eps_mode": "corrected"}
+    _PUBLISHED = {**PUBLISHED, "bias_correction": False, "momentum_min_ridge": 0.0,
+                  "clip_side": "input", "other_eps_mode": "raw"}
 
     def _ridge(self, group):
         """λ = max(η·λ0, min_ridge) with the scheduled η (SPEC §7)."""
@@ -233,8 +285,13 @@ class ScaledPSILoRA(LoRAOptimizer):
         beta1, beta2 = group["betas"]
         lam = self._ridge(group)
         # 1. metrics from the (clipped) batch, then P = (stat + ε)^p
+        X, Delta = grad.X, grad.Delta  # the clip factor c on Δ, or on X (clip_side="input")
+        if group.get("clip_side", "output") == "input":
+            X = grad.scale * X
+        else:
+            Delta = grad.scale * Delta
         a_batch, g_batch = diagonal_statistics(
-            grad.X, grad.scale * grad.Delta, kind=group["metric"], reduction=group["reduction"]
+            X, Delta, kind=group["metric"], reduction=group["reduction"]
         )
         a = ema_update(state["metric_in"], a_batch, beta2)
         g = ema_update(state["metric_out"], g_batch, beta2)
@@ -272,6 +329,7 @@ class ScaledPSILoRA(LoRAOptimizer):
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
+            lam = max(lr * group["ridge"], group.get("momentum_min_ridge", group["min_ridge"]))
             start = "u" if lam == 0 and not bool(M_U.any()) else "v"
             M_U, M_V = lorsum(
                 grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
