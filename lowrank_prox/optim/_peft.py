@@ -21,7 +21,9 @@ convention: the adapter product — all that PSI-LoRA, SVDLoRA and the ``G`` of 
 does not depend on it, but the ridge ``λ(‖U − U_a‖² + ‖V − V_a‖²)`` and factor-wise rules
 (RPLoRA's Adam, Proj. PSI-LoRA's buffers) are defined in these ``(U, V)`` coordinates.  A PEFT
 layer with scaling ``s`` then takes exactly the step of a :class:`lowrank_prox.nn.LoRALinear`
-holding ``lora_B = s·B``, ``lora_A = A``.
+holding ``lora_B = s·B``, ``lora_A = A``.  ``peft_scaling="ignore"`` (an optimizer option, the
+authors' convention) maps instead ``U = lora_B``: the step is then computed as if the adapter were
+``B A`` and the layer's ``s·B A`` moves by ``s`` times it (the two agree at ``s = 1``).
 
 Captured gradient and dropout.  The capture hooks sit on the PEFT layer itself
 (:mod:`._capture`): ``X`` is the layer input *before* ``lora_dropout`` and ``Δ`` the gradient of
