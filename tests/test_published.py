@@ -562,6 +562,51 @@ def test_psilora_published_matches_authors_formula():
         np.testing.assert_allclose(_np(layer.lora_A).T, V, rtol=1e-10, atol=1e-13)
 
 
+def test_proj_psilora_published_matches_authors_formula():
+    """ProjPSILoRA(preset="published"): LoRSum with the jitter, then the preconditioned and
+    transported buffers with ``(WᵀW + (λ + ε)I)⁻¹`` (the authors' ``proj_momentum_and_apply``)."""
+    lr, lam0, mu, K = 0.1, 1e-2, 0.5, 1
+    layer = _layer()
+    opt = ProjPSILoRA(layer, lr, iters=K, ridge=lam0, momentum=mu, preset="published")
+    U, V = _np(layer.lora_B), _np(layer.lora_A).T
+    lam, I, buf, prev = lr * lam0, np.eye(2), None, None
+    for x, t in _batches(3):
+        _, _, G = _delta(layer, x, t)
+        Up, Vp = _als(U @ V.T - lr * G, U, V, lam, K)
+        inv_U = np.linalg.inv(Up.T @ Up + (lam + JIT) * I)
+        inv_V = np.linalg.inv(Vp.T @ Vp + (lam + JIT) * I)
+        gU, gV = G @ Vp @ inv_V, G.T @ Up @ inv_U
+        if buf is None:
+            buf, U, V = (gU, gV), Up, Vp
+        else:
+            tU = buf[0] @ prev[1].T @ Vp @ inv_V
+            tV = buf[1] @ prev[0].T @ Up @ inv_U
+            buf = (mu * tU + gU, mu * tV + gV)
+            U, V = Up - lr * mu * tU, Vp - lr * mu * tV
+        prev = (Up, Vp)
+        _train(layer, opt, [(x, t)])
+        np.testing.assert_allclose(_np(layer.lora_B), U, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(_np(layer.lora_A).T, V, rtol=1e-10, atol=1e-13)
+
+
+def test_fista_published_matches_authors_formula():
+    """PSILoRAFISTA(preset="published"): x₊ = LoRSum(y − ηG), y₊ = LoRSum((1+μ)x₊ − μx), both
+    with the jitter and warm-started at their first pair (x₀ = the starting adapter)."""
+    lr, lam0, mu, K = 0.1, 1e-2, 0.5, 2
+    layer = _layer()
+    opt = PSILoRAFISTA(layer, lr, iters=K, ridge=lam0, momentum=mu, preset="published")
+    U, V = _np(layer.lora_B), _np(layer.lora_A).T
+    prev = (U, V)
+    for x, t in _batches(3):
+        _, _, G = _delta(layer, x, t)
+        Ux, Vx = _als(U @ V.T - lr * G, U, V, lr * lam0, K)
+        U, V = _als((1 + mu) * Ux @ Vx.T - mu * prev[0] @ prev[1].T, Ux, Vx, lr * lam0, K)
+        prev = (Ux, Vx)
+        _train(layer, opt, [(x, t)])
+        np.testing.assert_allclose(_np(layer.lora_B), U, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(_np(layer.lora_A).T, V, rtol=1e-10, atol=1e-13)
+
+
 def _authors_geolora(U, S, V, W0, b, x, t, *, lr, tau, alpha, rmax, rmin=2):
     """One step of GeoLoRA's reference layer (augment to min(2r, rmax), then Truncate)."""
     r = U.shape[1]
