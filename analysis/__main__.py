@@ -5,6 +5,7 @@ Commands:
   list      list the registered figures
   verify    check every theory claim and print a table
   bench     speed, accuracy and memory benchmark
+  claims    the papers' empirical claims, one by one, with verdicts from figures/*.json
 
 Run "python -m analysis COMMAND --help" for the options of a command.
 """
@@ -41,11 +42,33 @@ spread between repeats. A noisy run is repeated once (after waiting for the load
 bench.json records whether it was accepted ("acceptance"), and a rejected run is never
 written into the committed figures/ (it goes to a temporary folder) unless --force is given.
 Output folder: figures/ for a full run, a temporary folder with --fast, or --out.
+
+--redraw draws bench.png and bench.pdf again from the committed figures/bench.json (or
+--json PATH) without running anything: for a change of the drawing code only.
 """
 
 VERIFY_HELP = """\
 Check every claim of the theory (Proposition 1, Theorem 3.1, the ridge, the scaled variant)
 numerically and print one row per claim. Exit status 1 if any claim fails.
+"""
+
+
+CLAIMS_HELP = """\
+The papers' empirical claims, one by one: every claim of the PSI-LoRA abstract and figure
+captions 1-5, of its v1 (OPLoRA) abstract and of GeoLoRA's figures 2 and 5, next to the
+experiment of this project that tests it, the measured numbers with their spread over seeds,
+the rule that turns them into a verdict (holds / partly / does not hold here / not tested
+here) and the likely reason when a claim does not hold.
+
+Every number is read from the committed figures/*.json; nothing is re-run (about a second).
+The exit status is 0 whatever the verdicts: this is a report, not a gate.
+
+Examples:
+  python -m analysis claims
+  python -m analysis claims --markdown          # the README table
+  python -m analysis claims --json              # JSON on stdout
+  python -m analysis claims --json claims.json  # table on stdout, JSON into the file
+  python -m analysis claims --write-readme      # refresh the README block after new figures
 """
 
 
@@ -87,6 +110,24 @@ def _add_bench(sub):
                    help="output folder (default: figures/, or a temporary folder with --fast)")
     p.add_argument("--force", action="store_true",
                    help="write into figures/ even for --fast or a run rejected as noisy")
+    p.add_argument("--redraw", action="store_true",
+                   help="no run: redraw bench.png/pdf from an existing bench.json")
+    p.add_argument("--json", metavar="PATH", default=None,
+                   help="with --redraw: the bench.json to draw (default: figures/bench.json)")
+    return p
+
+
+def _add_claims(sub):
+    p = sub.add_parser("claims", help="the papers' empirical claims with verdicts",
+                       description=CLAIMS_HELP, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--json", metavar="PATH", nargs="?", const="-", default=None,
+                   help="machine-readable report: to stdout without PATH, else into PATH")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the table as Markdown (the README's claims section)")
+    p.add_argument("--figures", metavar="DIR", default=None,
+                   help="read the figure JSON from DIR (default: figures/)")
+    p.add_argument("--write-readme", action="store_true",
+                   help="also rewrite the README block between the claims markers")
     return p
 
 
@@ -99,6 +140,7 @@ def build_parser():
     _add_list(sub)
     _add_verify(sub)
     _add_bench(sub)
+    _add_claims(sub)
     return parser
 
 
@@ -113,9 +155,19 @@ def main(argv=None):
 
         return verify_main(json_path=args.json)
     if args.command == "bench":
+        if args.redraw:
+            from .bench import redraw
+
+            print("wrote " + ", ".join(map(str, redraw(args.json, args.out))))
+            return 0
         from .bench import main as bench_main
 
         return bench_main(fast=args.fast, out=args.out, force=args.force)
+    if args.command == "claims":
+        from .claims import main as claims_main
+
+        return claims_main(json_path=args.json, markdown=args.markdown,
+                           figures_dir=args.figures, write_readme=args.write_readme)
     return 2
 
 

@@ -43,8 +43,11 @@ from .registry import figure
 __all__ = [
     "Problem",
     "excess_error",
+    "figure_from_json",
     "main",
     "make_problem",
+    "projection_style",
+    "redraw",
     "run",
 ]
 
@@ -54,6 +57,8 @@ HARD_RATIOS = (0.9, 0.99)
 LORSUM_ITERS = (1, 2, 4, 8, 16)
 OVERSAMPLES = 10
 REL_NOISE = 1e-12  # relative excess errors below this are rounding (float64)
+#: Target of the optimizer section: a PSI-LoRA x1 step at most this × a LoRA + Adam step.
+PSILORA_STEP_TARGET = 1.3
 
 FULL = dict(
     sizes=(256, 512, 1024, 2048, 4096),
@@ -301,7 +306,20 @@ def _methods(problem, *, with_full_svd, lorsum_iters=LORSUM_ITERS, dtype=None):
     methods["truncated_svd randomized"] = ours_randomized
     for k in lorsum_iters:
         methods[f"LoRSum x{k}"] = lambda k=k: lorsum(Y, U0, V0, iters=k)
+    methods[UNSCALED] = lambda: _lorsum_unscaled(Y, U0, V0)
     return methods
+
+
+#: LoRSum x1 through the code path of the release before the scaling safeguards (issue 14):
+#: validation, then the ALS loop, without the power-of-two scale check around it.
+UNSCALED = "LoRSum x1 (unscaled path)"
+
+
+def _lorsum_unscaled(Y, U0, V0):
+    from lowrank_prox.lorsum import _als, _lorsum_iv
+
+    op, U, V, Ua, Va, lam, iters, start, _ = _lorsum_iv(Y, U0, V0, 1, 0.0, None, "v", True)
+    return _als(op, U, V, Ua, Va, lam, iters, start)
 
 
 def _floor_fn(problem):
@@ -382,11 +400,14 @@ def _scaling(rows, r=16):
 
 
 def _resid2(terms, A, B):
-    """``‖Σ c_i U_i V_iᵀ − A Bᵀ‖²`` in float64 from Gram products (for huge targets)."""
-    Y = LowRankSum([(c, U.astype(np.float64), V.astype(np.float64)) for c, U, V in terms])
-    A = _np(A).astype(np.float64)
-    B = _np(B).astype(np.float64)
-    return Y.norm() ** 2 - 2.0 * float(np.sum(A * (Y @ B))) + float(np.sum((A.T @ A) * (B.T @ B)))
+    """``‖Σ c_i U_i V_iᵀ − A Bᵀ‖²`` in float64 from the QR core of the factored residual.
+
+    Never the Gram expansion ``‖Y‖² − 2⟨Y, ABᵀ⟩ + ‖ABᵀ‖²``, which cancels below √eps·‖Y‖: the
+    excesses compared here are 1e-16 relative.
+    """
+    f64 = [(c, _np(U).astype(np.float64), _np(V).astype(np.float64)) for c, U, V in terms]
+    f64.append((-1.0, _np(A).astype(np.float64), _np(B).astype(np.float64)))
+    return LowRankSum(f64).norm() ** 2
 
 
 def _seven_b(cfg, progress):
@@ -679,6 +700,10 @@ def _targets(proj, floors, opt_rows, m, r=16):
             t[f"matched_vs_{key}"] = b["time_s"] / match["time_s"]
             t[f"matched_vs_{key}_iters"] = int(match["method"].split("x")[-1])
             t[f"matched_vs_{key}_met"] = t[f"matched_vs_{key}"] >= 10
+    old = _row(proj, UNSCALED, m, r)
+    if l1 and old:  # issue 14: the scaling check must not slow the common path
+        t["lorsum1_vs_unscaled"] = l1["time_s"] / old["time_s"]
+        t["lorsum1_vs_unscaled_met"] = t["lorsum1_vs_unscaled"] <= 1.25
     fl = [f for f in floors if f["m"] == m and f["r"] == r]
     if fl:
         t["lorsum1_floor_multiple"] = fl[0]["multiple"]
@@ -686,7 +711,7 @@ def _targets(proj, floors, opt_rows, m, r=16):
     psi = [o for o in opt_rows if o["method"] == "PSI-LoRA x1"]
     if psi:
         t["psilora_step_ratio"] = psi[0]["time_ratio"]
-        t["psilora_step_ratio_met"] = psi[0]["time_ratio"] <= 1.3
+        t["psilora_step_ratio_met"] = psi[0]["time_ratio"] <= PSILORA_STEP_TARGET
     return t
 
 
@@ -711,74 +736,198 @@ def _environment():
     return env
 
 
-def _plot(proj, hard, floors, opt_rows, sizes):
-    import matplotlib
+#: Projection methods that are not optimizers: colours outside the method families of
+#: :data:`analysis.style.FAMILY_COLORS` (full SVD black: it is what SVDLoRA computes).
+_PROJ_STYLE = {
+    "full SVD (numpy)": dict(color="black", marker="o", ls="-"),
+    "full SVD (torch)": dict(color="dimgray", marker="s", ls="--"),
+    "scipy svds": dict(color="tab:cyan", marker="^", ls="-"),
+    "sklearn randomized_svd": dict(color="tab:olive", marker="v", ls="-"),
+    "torch.svd_lowrank": dict(color="tab:pink", marker="D", ls="-"),
+    "truncated_svd randomized": dict(color="goldenrod", marker="P", ls="-"),
+}
+#: A relative excess error below this is drawn at it (float64 rounding; exact zeros too).
+PLOT_FLOOR = 1e-16
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-    ax = axes[0, 0]
+def projection_style(method):
+    """Colour, marker and line style of a projection method in the benchmark figure.
+
+    ``LoRSum xK`` is PSI-LoRA's projection: the PSI-LoRA green of :func:`analysis.style.
+    method_style`, darker as K grows, with a square marker.
+    """
+    from .style import method_style
+
+    if method.startswith("LoRSum x"):
+        return dict(color=method_style(f"PSI-LoRA x{method.split('x')[-1]}")["color"],
+                    marker="s", ls="-")
+    return dict(_PROJ_STYLE.get(method, dict(color=None, marker="o", ls="-")))
+
+
+def _plot_projection_times(ax, proj, floors, sizes):
+    """Panel (a): time per projection against the layer size, one line per method."""
+    from matplotlib.ticker import NullFormatter
+
     methods = list(dict.fromkeys(row["method"] for row in proj))
     shown = [mth for mth in methods if mth not in ("LoRSum x8", "LoRSum x16")]
     for mth in shown:
         pts = sorted((row["m"], row["time_s"]) for row in proj
                      if row["method"] == mth and row["r"] == 16)
         if pts:
-            ax.loglog(*zip(*pts, strict=True), marker="o", label=mth)
+            ax.loglog(*zip(*pts, strict=True), label=mth, ms=5, **projection_style(mth))
     fpts = sorted((f["m"], f["floor_s"]) for f in floors if f["r"] == 16)
     if fpts:
-        ax.loglog(*zip(*fpts, strict=True), "k--", label="floor (ALS products)")
-    ax.set_xlabel("m = n")
+        ax.loglog(*zip(*fpts, strict=True), "k:", lw=1.5,
+                  label="floor: the products of one ALS iteration")
+    ax.set_xticks(list(sizes), [str(m) for m in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("layer size m = n")
     ax.set_ylabel("time per projection [s]")
     ax.set_title("(a) projection of a warm-started step, r = 16, N = 64")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
-    ax = axes[0, 1]
-    m = max(sizes)
-    for row in proj:
-        if row["m"] == m and row["r"] == 16:
-            ax.scatter(row["time_s"], max(row["rel_excess"], 1e-16))
-            ax.annotate(row["method"], (row["time_s"], max(row["rel_excess"], 1e-16)),
-                        fontsize=7)
+
+def _plot_accuracy_vs_time(ax, proj, m):
+    """Panel (b): one marker per method (legend, no point labels: they overlapped)."""
+    rows = [row for row in proj if row["m"] == m and row["r"] == 16]
+    for row in rows:
+        style = projection_style(row["method"])
+        y = max(row["rel_excess"], PLOT_FLOOR)
+        big = row["method"] == "full SVD (numpy)"  # drawn under full SVD (torch), same time
+        ax.scatter(row["time_s"], y, s=110 if big else 40, color=style["color"],
+                   marker=style["marker"], label=row["method"], edgecolors="k",
+                   linewidths=0.4, zorder=2 if big else 3)
+        if row["method"].startswith("LoRSum x"):
+            ax.annotate("×" + row["method"].split("x")[-1], (row["time_s"], y),
+                        xytext=(0, 5), textcoords="offset points", ha="center", fontsize=7,
+                        color=style["color"])
+    ax.axhspan(PLOT_FLOOR / 3, PLOT_FLOOR * 3, color="0.85", zorder=1,
+               label=f"exact to rounding (≤ {PLOT_FLOOR:g}, drawn at {PLOT_FLOOR:g})")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("time [s]")
-    ax.set_ylabel("relative excess error (floored at 1e-16)")
-    ax.set_title(f"(b) accuracy vs time, m = n = {m}, r = 16, ρ = {REALISTIC_RATIO}")
+    if rows:  # room above the highest point for its label
+        ax.set_ylim(PLOT_FLOOR / 10, 30 * max(max(r["rel_excess"] for r in rows), PLOT_FLOOR))
+    ax.set_xlabel("time per projection [s] (left is faster)")
+    ax.set_ylabel("relative excess error (lower is more accurate)")
+    ax.set_title(f"(b) accuracy vs time, m = n = {m}, r = 16, σ_(r+1)/σ_r = {REALISTIC_RATIO}")
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
-    ax = axes[1, 0]
+
+def _plot_hard_spectra(ax, hard):
+    """Panel (c): excess error per method on the two hard spectra, bars per gap ratio."""
+    from .style import sweep_colors
+
     cases = list(dict.fromkeys(row["case"] for row in hard))
     hm = list(dict.fromkeys(row["method"] for row in hard))
+    colors = sweep_colors((REALISTIC_RATIO, *HARD_RATIOS))
     width = 0.8 / max(len(cases), 1)
     for j, case in enumerate(cases):
+        ratio = float(case.split()[-1])
         vals = [max(next(r_["rel_excess"] for r_ in hard
-                         if r_["case"] == case and r_["method"] == mth), 1e-16) for mth in hm]
-        ax.bar(np.arange(len(hm)) + j * width, vals, width, label=f"ρ = {case.split()[-1]}")
+                         if r_["case"] == case and r_["method"] == mth), PLOT_FLOOR)
+                for mth in hm]
+        ax.bar(np.arange(len(hm)) + j * width, vals, width, color=colors.get(ratio),
+               label=f"σ_(r+1)/σ_r = {ratio:g}")
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(hm)) + 0.4 - width / 2)
     ax.set_xticklabels(hm, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("relative excess error")
-    ax.set_title(f"(c) hard spectra σ_(r+1)/σ_r = ρ, m = n = {hard[0]['m'] if hard else ''}")
-    ax.legend(fontsize=7)
+    ax.set_ylabel(f"relative excess error (≤ {PLOT_FLOOR:g} drawn at {PLOT_FLOOR:g})")
+    ax.set_title(f"(c) hard spectra, m = n = {hard[0]['m'] if hard else ''}, r = 16: "
+                 "gap close to 1")
+    ax.legend(fontsize=7, title="gap", title_fontsize=7)
 
-    ax = axes[1, 1]
-    if opt_rows:
-        labels = [o["method"] for o in opt_rows]
-        xs = np.arange(len(labels))
-        ax.bar(xs - 0.2, [o["time_ratio"] for o in opt_rows], 0.4, label="step time / LoRA+Adam")
-        ax.bar(xs + 0.2, [o["state_per_lora_param"] for o in opt_rows], 0.4,
-               label="optimizer state / LoRA params")
-        ax.axhline(1.3, color="k", ls=":", lw=1)
-        ax.set_xticks(xs)
-        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.legend(fontsize=7)
-    else:
+
+def _plot_optimizer_ratios(ax, opt_rows):
+    """Panel (d): step time and optimizer state per method, as ratios (method colours)."""
+    from matplotlib.patches import Patch
+
+    from .style import method_style
+
+    if not opt_rows:
         ax.text(0.5, 0.5, "no optimizers available", ha="center", transform=ax.transAxes)
-    ax.set_title("(d) optimizer step (MLP, r = 8, batch 64): ratios")
-    fig.tight_layout()
+        return
+    labels = [o["method"] for o in opt_rows]
+    colors = [method_style(lab)["color"] or "0.5" for lab in labels]
+    xs = np.arange(len(labels))
+    times = [o["time_ratio"] for o in opt_rows]
+    states = [o["state_per_lora_param"] for o in opt_rows]
+    ax.bar(xs - 0.2, times, 0.4, color=colors, edgecolor="k", lw=0.5)
+    ax.bar(xs + 0.2, [max(v, 1e-9) for v in states], 0.4, color=colors, alpha=0.45,
+           hatch="//", edgecolor="k", lw=0.5)
+    for x, t, st in zip(xs, times, states, strict=True):
+        ax.annotate(f"{t:.2g}", (x - 0.2, t), ha="center", va="bottom", fontsize=6.5)
+        ax.annotate(f"{st:.3g}" if st > 0 else "no\nstate", (x + 0.2, st if st > 0 else 0.55),
+                    ha="center", va="bottom", fontsize=6.5)
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.axhline(PSILORA_STEP_TARGET, color="k", ls=":", lw=1.2)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylim(0.5, max(max(times), max(states)) * 3)
+    ax.set_ylabel("ratio (log axis)")
+    handles = [
+        Patch(facecolor="0.5", edgecolor="k", label="step time / LoRA + Adam step time"),
+        Patch(facecolor="0.5", alpha=0.45, hatch="//", edgecolor="k",
+              label="optimizer state / LoRA parameters (bytes)"),
+        ax.plot([], [], "k-", lw=0.8, label="1: same as LoRA + Adam")[0],
+        ax.plot([], [], "k:", lw=1.2,
+                label=f"target: PSI-LoRA step ≤ {PSILORA_STEP_TARGET:g}× LoRA + Adam")[0],
+    ]
+    ax.legend(handles=handles, fontsize=6.5, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def _plot(proj, hard, floors, opt_rows, sizes):
+    """The benchmark figure from its four tables (the JSON's series; see :func:`redraw`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .style import use
+
+    use()
+    proj = [row for row in proj if row["method"] != UNSCALED]  # a timing reference: in the notes
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10), layout="constrained")
+    _plot_projection_times(axes[0, 0], proj, floors, sizes)
+    _plot_accuracy_vs_time(axes[0, 1], proj, max(sizes))
+    _plot_hard_spectra(axes[1, 0], hard)
+    _plot_optimizer_ratios(axes[1, 1], opt_rows)
+    axes[1, 1].set_title("(d) optimizer step (MLP, LoRA r = 8, batch 64): cost vs LoRA + Adam")
+    fig.suptitle("Benchmark: LoRSum projection vs SVD solvers, and the optimizers' step cost "
+                 "(timed side by side on a shared machine: read the ratios, not the seconds)")
     return fig
+
+
+def redraw(json_path=None, out=None):
+    """Redraw ``bench.png`` and ``bench.pdf`` from an existing ``bench.json``, without running.
+
+    ``json_path`` defaults to the committed ``figures/bench.json``; ``out`` (default: the
+    JSON's folder) receives the two images.  The JSON is read, never rewritten, so its numbers
+    stay those of the run that produced them.  Returns the written paths.
+    """
+    from pathlib import Path
+
+    from .registry import COMMITTED_DIR, save_images
+
+    path = Path(json_path) if json_path is not None else COMMITTED_DIR / "bench.json"
+    fig = figure_from_json(path)
+    return save_images("bench", fig, path.parent if out is None else out)
+
+
+def figure_from_json(path):
+    """The benchmark figure drawn from the tables of the benchmark JSON at ``path``."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"json_path: no benchmark JSON at {path}")
+    data = json.loads(path.read_text())
+    try:
+        series, sizes = data["series"], data["settings"]["sizes"]
+        tables = [series[k] for k in ("projection", "hard", "floor", "optimizers")]
+    except KeyError as exc:
+        raise ValueError(f"json_path: {path} is not a benchmark JSON (missing {exc})") from exc
+    return _plot(*tables, sizes)
 
 
 def _fmt_time(t):
@@ -909,7 +1058,7 @@ def _notes(targets, skipped, fast, verdict=None):
     lines.append("Timed side by side on a machine shared with other jobs: ratios, not absolute "
                  "times, are the result.")
     for key in ("lorsum1_vs_full_svd", "matched_vs_svd_lowrank", "matched_vs_svds",
-                "lorsum1_floor_multiple", "psilora_step_ratio"):
+                "lorsum1_floor_multiple", "lorsum1_vs_unscaled", "psilora_step_ratio"):
         if key in targets:
             val = targets[key]
             met = targets.get(key + "_met")

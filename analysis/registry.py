@@ -40,6 +40,7 @@ __all__ = [
     "progress",
     "quiet",
     "save",
+    "save_images",
 ]
 
 #: Modules that register figures; each is imported by :func:`load_all`.
@@ -210,20 +211,26 @@ def to_jsonable(obj):
     return obj
 
 
-def save(name, result: FigureResult, out_dir):
-    """Write ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` into ``out_dir``; return the paths."""
+def save_images(name, fig, out_dir):
+    """Write ``NAME.png`` and ``NAME.pdf`` of ``fig`` into ``out_dir`` (deterministic bytes:
+    no dates or software names), close the figure; return the two paths."""
     import matplotlib
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig = result.fig
-    paths = [out / f"{name}.png", out / f"{name}.pdf", out / f"{name}.json"]
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
     with matplotlib.rc_context({"svg.hashsalt": "lowrank_prox", "pdf.compression": 6}):
         fig.savefig(paths[0], dpi=120, metadata={"Software": None})
         fig.savefig(paths[1], metadata={"CreationDate": None, "ModDate": None,
                                         "Producer": None, "Creator": None})
     plt.close(fig)
+    return paths
+
+
+def save(name, result: FigureResult, out_dir):
+    """Write ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` into ``out_dir``; return the paths."""
+    paths = [*save_images(name, result.fig, out_dir), Path(out_dir) / f"{name}.json"]
     sidecar = {
         "figure": name,
         "description": FIGURES[name][0] if name in FIGURES else "",

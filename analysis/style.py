@@ -8,6 +8,11 @@ Method families and their colours (a PSI-LoRA ×K curve gets a darker green as K
 
     SVDLoRA black · LoRA blue · RPLoRA orange · PSI-LoRA green · Proj. PSI-LoRA purple
     Scaled PSI-LoRA red · GeoLoRA brown · full fine-tuning grey
+    simultaneous GD on U, S, V (GeoLoRA's "SVD-LoRA") cyan
+
+A swept parameter (a gap ratio, a ridge λ, an initial rank) gets an ordered colour map with
+:func:`sweep_colors`, so light-to-dark reads as small-to-large; rank axes get
+:func:`integer_ticks`.
 
 Line styles: AdamW variants dashed, SGD variants solid; "balanced" (gauge-balanced momentum)
 solid and "as published" dotted where both appear.
@@ -23,7 +28,10 @@ __all__ = [
     "FAMILY_COLORS",
     "add_band_note",
     "family",
+    "figure_title",
+    "integer_ticks",
     "method_style",
+    "sweep_colors",
     "use",
 ]
 
@@ -37,6 +45,7 @@ FAMILY_COLORS = {
     "Scaled PSI-LoRA": "tab:red",
     "GeoLoRA": "tab:brown",
     "Full": "dimgray",
+    "Simultaneous GD": "tab:cyan",
 }
 
 #: Colour maps for the K-dependent shade of the iterative families.
@@ -109,6 +118,38 @@ def add_band_note(ax, text=BAND_MINMAX, *, loc="lower left"):
     x, ha = (0.01, "left") if "left" in loc else (0.99, "right")
     y, va = (0.01, "bottom") if "lower" in loc else (0.99, "top")
     ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=7, color="0.35")
+
+
+def sweep_colors(values, cmap="viridis", *, lo=0.0, hi=0.85):
+    """``{value: hex colour}`` along ``cmap`` in the sorted order of ``values``.
+
+    The same values give the same colours in every figure (e.g. the gap ratios of the theory
+    figures); ``lo``/``hi`` trim the ends of the map (viridis' last yellow is hard to read).
+    """
+    import matplotlib
+
+    order = sorted(set(values))
+    cm = matplotlib.colormaps[cmap]
+    span = max(len(order) - 1, 1)
+    return {v: matplotlib.colors.to_hex(cm(lo + (hi - lo) * i / span)) for i, v in enumerate(order)}
+
+
+def integer_ticks(axis):
+    """Only integer tick positions on ``axis`` (``ax.xaxis`` or ``ax.yaxis``): ranks, counts."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def figure_title(fig):
+    """The overall title of ``fig``: its suptitle, else the title of a figure-level legend
+    (a figure whose legend sits above the panels carries the title there), else ``""``."""
+    if getattr(fig, "_suptitle", None) is not None and fig._suptitle.get_text():
+        return fig._suptitle.get_text()
+    for leg in fig.legends:
+        if leg.get_title().get_text():
+            return leg.get_title().get_text()
+    return ""
 
 
 def use():

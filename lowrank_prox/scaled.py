@@ -18,9 +18,9 @@ With identity metrics every step is bit-for-bit the step of :func:`lowrank_prox.
 from __future__ import annotations
 
 from . import _validate, _xp
-from .factored import LowRankSum
+from .factored import LowRankSum, _Dense
 from .gauge import _balance
-from .lorsum import _cast, _gauge_iv, _lorsum_iv, _ridge_gram, _solve
+from .lorsum import _cast, _gauge_iv, _lorsum_iv, _objective, _ridge_gram, _solve
 
 __all__ = ["scaled_lorsum", "scaled_lorsum_objective"]
 
@@ -113,35 +113,26 @@ def scaled_lorsum_objective(target, U, V, *, metric_in, metric_out, ridge=0.0, a
     """The scaled LoRSum objective of SPEC §7 as a Python float.
 
     ``½‖P_out^{1/2}(UVᵀ − T)P_in^{1/2}‖² + (λ/2)(‖P_out^{1/2}(U − U_a)‖² + ‖P_in^{1/2}(V − V_a)‖²)``
-    computed from Gram products, ``‖T‖_P² = Σ_ij c_i c_j tr((U_iᵀP_outU_j)(V_jᵀP_inV_i))`` for a
-    :class:`LowRankSum`, without square roots of the metrics.  ``anchor`` defaults to ``(U, V)``.
+    With ``P = LLᵀ`` (the square root of a diagonal, the Cholesky factor of a dense metric) the
+    weighted norms are plain norms of the transformed factors, ``‖Lᵀ_out(UVᵀ − T)L_in‖ =
+    ‖(Lᵀ_outU)(Lᵀ_inV)ᵀ − Σ cᵢ(Lᵀ_outUᵢ)(Lᵀ_inVᵢ)ᵀ‖``, so the value comes from
+    :func:`lowrank_prox.lorsum_objective`'s residual norm (QR core, powers-of-two scaling): it is
+    accurate relative to the true objective near an exact fit, where a Gram formula cancels.
+    ``anchor`` defaults to ``(U, V)``.
     """
     op, U, V, Ua, Va, lam, _, _, _, P_in, P_out = _scaled_iv(
         target, U, V, metric_in, metric_out, 1, ridge, anchor, "v", True
     )
     xp = _xp.get_namespace(U)
+    L_out, L_in = _sqrt_metric(P_out, xp), _sqrt_metric(P_in, xp)
     if isinstance(op, LowRankSum):
-        tt = 0.0
-        terms = op.terms
-        for i, (ci, Ui, Vi) in enumerate(terms):
-            for j in range(i, len(terms)):
-                cj, Uj, Vj = terms[j]
-                g = float(xp.sum((Ui.mT @ _apply(P_out, Uj)) * (Vi.mT @ _apply(P_in, Vj))))
-                tt += ci * cj * g * (1.0 if i == j else 2.0)
+        terms = tuple((c, _apply_t(L_out, Ui), _apply_t(L_in, Vi)) for c, Ui, Vi in op.terms)
+        op = LowRankSum._trusted(terms, op.xp, op.dtype)
     else:
-        T = op.to_dense()
-        tt = float(xp.sum(T * _apply(P_in, _apply(P_out, T).mT).mT))
-    PU, PV = _apply(P_out, U), _apply(P_in, V)
-    fit = tt - 2.0 * float(xp.sum(PU * (op @ PV))) + float(xp.sum((U.mT @ PU) * (V.mT @ PV)))
-    value = 0.5 * max(fit, 0.0)
-    if lam > 0:
-        dU, dV = U - Ua, V - Va
-        value += (
-            0.5
-            * lam
-            * (float(xp.sum(dU * _apply(P_out, dU))) + float(xp.sum(dV * _apply(P_in, dV))))
-        )
-    return value
+        op = _Dense(_apply_t(L_in, _apply_t(L_out, op.to_dense()).mT).mT)
+    U, Ua = _apply_t(L_out, U), _apply_t(L_out, Ua)
+    V, Va = _apply_t(L_in, V), _apply_t(L_in, Va)
+    return _objective(op, U, V, Ua, Va, lam)
 
 
 # -- private -------------------------------------------------------------------------------
@@ -199,6 +190,24 @@ def _apply(P, W):
     if P.shape[1] == 1:
         return P * W
     return P @ W
+
+
+def _sqrt_metric(P, xp):
+    """A factor ``L`` with ``P = LLᵀ``: ``√P`` for a diagonal (column), Cholesky for a matrix."""
+    if P is None:
+        return None
+    if P.shape[1] == 1:
+        return xp.sqrt(P)
+    return xp.linalg.cholesky(P)
+
+
+def _apply_t(L, W):
+    """``Lᵀ @ W`` for a factor from :func:`_sqrt_metric` (None: the identity)."""
+    if L is None:
+        return W
+    if L.shape[1] == 1:
+        return L * W
+    return L.mT @ W
 
 
 def _half_step(op, W, anchor, P, lam, jitter=0.0):

@@ -64,8 +64,10 @@ for lam in (0.0, 0.1):
 
 fig, ax = plt.subplots(figsize=(5.5, 3.2))
 h = lorsum_history(Y, Ut, Vt, iters=10)
-U, s, Vh = truncated_svd(Y, r)
-floor = 0.5 * (Y.norm() ** 2 - np.sum(s**2))  # ½‖Y − Π_r(Y)‖², the λ = 0 minimum
+# ½‖Y − Π_r(Y)‖², the λ = 0 minimum: the tail of Y's exact spectrum (a factored SVD of every
+# rank Y has), not ‖Y‖² − Σ_{i≤r} σᵢ², which would cancel.
+_, s, _ = truncated_svd(Y, min(Y.shape))
+floor = 0.5 * np.sum(s[r:] ** 2)
 ax.semilogy(np.arange(len(h.objective)) / 2, h.objective - floor, "o-", ms=3)
 ax.set_xlabel("iteration (half-steps at .5)")
 ax.set_ylabel(r"objective $-$ Eckart–Young floor")

@@ -1,14 +1,20 @@
 """FISTA PSI-LoRA and the SVDLoRA options (threshold, extrapolation) against their formulas."""
 
-import copy
-import warnings
 
 import pytest
 import torch
 
 from lowrank_prox import lorsum
-from lowrank_prox.optim import NonFiniteStepWarning, PSILoRA, PSILoRAFISTA, SVDLoRA
-from tests.test_optim import batch, dense_grad, one_step, tiny, uv
+from lowrank_prox.optim import PSILoRA, PSILoRAFISTA, SVDLoRA
+from tests.test_optim import (
+    batch,
+    check_nonfinite_step_skipped,
+    check_resume_bit_identical,
+    dense_grad,
+    one_step,
+    tiny,
+    uv,
+)
 
 F64 = torch.float64
 
@@ -105,27 +111,7 @@ def test_fista_many_iterations_is_projected_fista():
 )
 @pytest.mark.parametrize("dtype", [F64, torch.bfloat16])
 def test_state_dict_resume_is_bit_identical(make, dtype):
-    model = tiny(head=True, dtype=dtype)
-    opt = make(model)
-    for s in range(3):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
-    assert "prev_U" in saved_opt["state"][1]
-    for s in range(3, 6):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    fresh = tiny(seed=9, head=True, dtype=dtype)
-    fresh.load_state_dict(saved_model)
-    opt2 = make(fresh)
-    opt2.load_state_dict(saved_opt)
-    for s in range(3, 6):
-        one_step(opt2, fresh, *batch(s, dtype=dtype))
-    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
-        assert p.dtype == dtype and torch.equal(p, q)
-    st1, st2 = opt.state[model[0].lora_B], opt2.state[fresh[0].lora_B]
-    for k, v in st1.items():
-        if isinstance(v, torch.Tensor):
-            assert v.dtype == st2[k].dtype and torch.equal(v, st2[k]), k
+    check_resume_bit_identical(make, dtype, state_keys=("prev_U",))
 
 
 @pytest.mark.parametrize(
@@ -136,25 +122,7 @@ def test_state_dict_resume_is_bit_identical(make, dtype):
     ],
 )
 def test_nonfinite_gradient_skips_the_step(make):
-    model = tiny(head=True)
-    opt = make(model)
-    one_step(opt, model, *batch(0))
-    params = [p.detach().clone() for p in model.parameters()]
-    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-             for k, v in opt.state[model[0].lora_B].items()}
-    X, Y = batch(1)
-    X[2, 1] = float("nan")
-    with pytest.warns(NonFiniteStepWarning, match="skipped"):
-        one_step(opt, model, X, Y)
-    assert opt.skipped_steps == 1
-    for p, q in zip(model.parameters(), params, strict=True):
-        assert torch.equal(p, q)
-    for k, v in opt.state[model[0].lora_B].items():
-        assert torch.equal(v, state[k]) if isinstance(v, torch.Tensor) else v == state[k]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        one_step(opt, model, *batch(2))
-    assert opt.state[model[0].lora_B]["step"] == 2
+    check_nonfinite_step_skipped(make)
 
 
 @pytest.mark.parametrize(

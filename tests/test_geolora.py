@@ -335,9 +335,43 @@ def test_figure_matrix_regression_metrics():
     assert m["simgd_loss_increase_fraction_last_quarter"] > 0.2  # oscillating
     assert m["geolora_loss_increase_fraction_last_quarter"] == 0.0
     assert "not published" in res.notes
+    _check_matrix_regression_drawing(res.fig)
     import matplotlib.pyplot as plt
 
     plt.close(res.fig)
+
+
+def _integer_ticks(axis):
+    lo, hi = axis.get_view_interval()
+    ticks = [t for t in axis.get_major_locator()() if lo <= t <= hi]
+    return bool(ticks) and all(float(t).is_integer() for t in ticks)
+
+
+def _lines_by_label(ax):
+    return {line.get_label(): line for line in ax.get_lines()}
+
+
+def _check_matrix_regression_drawing(fig):
+    """Panel (c): every method in the legend, GeoLoRA dashed above SVDLoRA in the family
+    colours; panel (d): integer rank ticks; an overall title."""
+    from matplotlib.colors import same_color
+
+    from analysis.style import FAMILY_COLORS, figure_title
+
+    assert "GeoLoRA Fig 5" in figure_title(fig)
+    ax_c, ax_d = fig.axes[2], fig.axes[3]
+    legend = [t.get_text() for t in ax_c.get_legend().get_texts()]
+    for prefix in ("Simultaneous GD, lr", "GeoLoRA", "PSI-LoRA", "SVDLoRA"):
+        assert any(lab.startswith(prefix) for lab in legend), prefix
+    assert len(legend) == 5
+    lines = {lab.split(",")[0]: line for lab, line in _lines_by_label(ax_c).items()}
+    geo, svd = lines["GeoLoRA"], lines["SVDLoRA"]
+    assert same_color(geo.get_color(), FAMILY_COLORS["GeoLoRA"])
+    assert same_color(svd.get_color(), FAMILY_COLORS["SVDLoRA"])
+    assert geo.get_linestyle() == "--" and geo.get_zorder() > svd.get_zorder()
+    assert geo.get_linewidth() < svd.get_linewidth()  # the wide line shows under the dashes
+    assert ax_c.child_axes  # the GeoLoRA / SVDLoRA loss-ratio inset
+    assert _integer_ticks(ax_d.yaxis) and ax_d.get_ylim()[0] == 0
 
 
 def test_figure_rank_adaptivity_metrics():
@@ -354,6 +388,25 @@ def test_figure_rank_adaptivity_metrics():
     # fixed-rank methods keep their rank, and below the target cannot beat Eckart–Young
     assert s["svdlora_final_rank"] == list(s["ranks0"])
     assert m["fixed_rank_min_excess_over_floor_under"] >= -1e-9
+    # drawing: rank axes in integers, one legend naming every method, family colours
+    from matplotlib.colors import same_color
+
+    from analysis.style import FAMILY_COLORS, figure_title
+
+    fig = res.fig
+    assert figure_title(fig).startswith("Rank adaptivity")
+    ax_a, ax_b, ax_c = fig.axes
+    assert all(_integer_ticks(a) for a in (ax_a.xaxis, ax_a.yaxis, ax_b.xaxis, ax_c.yaxis))
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    for name in ("GeoLoRA (τ = 0.15)", "GeoLoRA (τ = 0.02)", "SVDLoRA (fixed rank)",
+                 "PSI-LoRA ×1 (fixed rank)", "target rank 5"):
+        assert name in labels
+    lines = _lines_by_label(ax_a)
+    assert same_color(lines["GeoLoRA (τ = 0.15)"].get_color(), FAMILY_COLORS["GeoLoRA"])
+    assert same_color(lines["SVDLoRA (fixed rank)"].get_color(), FAMILY_COLORS["SVDLoRA"])
+    assert [t.get_text() for t in ax_c.get_legend().get_texts()] == [
+        f"r0 = {r0}" for r0 in s["ranks0"]]
     import matplotlib.pyplot as plt
 
     plt.close(res.fig)

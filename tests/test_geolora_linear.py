@@ -14,7 +14,9 @@ def test_geolora_linear_task_figure(tmp_path):
     from analysis.figures.geolora import geolora_linear_task
     from analysis.registry import save
 
-    save("geolora_linear_task", geolora_linear_task(fast=True), tmp_path)
+    result = geolora_linear_task(fast=True)
+    _check_drawing(result.fig)
+    save("geolora_linear_task", result, tmp_path)
     data = json.loads((tmp_path / "geolora_linear_task.json").read_text())
     m = data["metrics"]
     start = m["initial_excess"]
@@ -28,3 +30,23 @@ def test_geolora_linear_task_figure(tmp_path):
     assert set(data["series"]) == {
         "SVDLoRA", "PSI-LoRA x1", "PSI-LoRA x8", "GeoLoRA lr 0.5", "GeoLoRA lr 0.25"
     }
+
+
+def _check_drawing(fig):
+    """The shared style: family colours, every method in the legend, the band explained."""
+    from matplotlib.colors import same_color
+
+    from analysis.style import FAMILY_COLORS, method_style
+
+    (ax,) = fig.axes
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"SVDLoRA", "PSI-LoRA x1", "PSI-LoRA x8", "GeoLoRA lr 0.5",
+                          "GeoLoRA lr 0.25"}
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(lines)
+    assert same_color(lines["SVDLoRA"].get_color(), FAMILY_COLORS["SVDLoRA"])
+    assert same_color(lines["GeoLoRA lr 0.5"].get_color(), FAMILY_COLORS["GeoLoRA"])
+    for k in ("PSI-LoRA x1", "PSI-LoRA x8"):
+        assert same_color(lines[k].get_color(), method_style(k)["color"])
+    assert not same_color(lines["GeoLoRA lr 0.25"].get_color(), FAMILY_COLORS["GeoLoRA"])
+    notes = [t.get_text() for t in ax.texts]
+    assert any(n.startswith(("shaded:", "one seed")) for n in notes)

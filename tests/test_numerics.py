@@ -61,6 +61,30 @@ def test_objective_near_exact_fit_is_accurate():
     assert abs(hist - true) / true <= 1e-3
 
 
+@pytest.mark.parametrize("dense_metric", [False, True])
+def test_scaled_objective_near_exact_fit_is_accurate(dense_metric):
+    # The weighted residual comes from the QR core of Lᵀ-transformed factors (P = LLᵀ); the
+    # Gram formula it replaced lost everything below √eps·‖T‖_P here.
+    from lowrank_prox.scaled import scaled_lorsum_objective
+
+    g = np.random.default_rng(2)
+    Ua, Vb = g.standard_normal((m, r)), g.standard_normal((n, r))
+    D, F = g.standard_normal((m, 1)), g.standard_normal((n, 1))
+    c = 1e-9 * np.linalg.norm(Ua @ Vb.T) / np.linalg.norm(D @ F.T)
+    Y = LowRankSum([(1, Ua, Vb), (c, D, F)])
+    if dense_metric:
+        Qo, Qi = g.standard_normal((m, m)), g.standard_normal((n, n))
+        P_out, P_in = Qo @ Qo.T / m + np.eye(m), Qi @ Qi.T / n + np.eye(n)
+        R = c * D @ F.T
+        true = 0.5 * float(np.sum(R * (P_out @ R @ P_in)))
+    else:
+        P_out, P_in = g.uniform(0.5, 2.0, m), g.uniform(0.5, 2.0, n)
+        true = 0.5 * float(np.sum((np.sqrt(P_out)[:, None] * c * D @ F.T * np.sqrt(P_in)) ** 2))
+    kw = dict(metric_in=P_in, metric_out=P_out)
+    assert abs(scaled_lorsum_objective(Y, Ua, Vb, **kw) - true) / true <= 1e-6
+    assert abs(scaled_lorsum_objective(Y.to_dense(), Ua, Vb, **kw) - true) / true <= 1e-3
+
+
 @pytest.mark.parametrize("s", [1e155, 1e-170, 1e300, 1e-300])
 def test_norm_extreme_entries(s):
     Y = LowRankSum([(1.0, s * U0, V0)])

@@ -52,6 +52,60 @@ def one_step(opt, model, X, Y):
     opt.step()
 
 
+def check_resume_bit_identical(make, dtype, *, state_keys=()):
+    """Three steps, save, three more; a fresh model + optimizer loaded from the save and run
+    over the same three batches must end bit-identical (parameters and every state tensor).
+    Returns the saved optimizer state dict (for extra assertions, e.g. ``state_keys``)."""
+    model = tiny(head=True, dtype=dtype)
+    opt = make(model)
+    for s in range(3):
+        one_step(opt, model, *batch(s, dtype=dtype))
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = copy.deepcopy(opt.state_dict())
+    for key in state_keys:
+        assert key in saved_opt["state"][1], key
+    for s in range(3, 6):
+        one_step(opt, model, *batch(s, dtype=dtype))
+    fresh = tiny(seed=9, head=True, dtype=dtype)
+    fresh.load_state_dict(saved_model)
+    opt2 = make(fresh)
+    opt2.load_state_dict(saved_opt)
+    for s in range(3, 6):
+        one_step(opt2, fresh, *batch(s, dtype=dtype))
+    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
+        assert p.dtype == dtype and torch.equal(p, q)
+    st1, st2 = opt.state[model[0].lora_B], opt2.state[fresh[0].lora_B]
+    assert set(st1) == set(st2)
+    for k, v in st1.items():
+        if isinstance(v, torch.Tensor):
+            assert v.dtype == st2[k].dtype and torch.equal(v, st2[k]), k
+    return saved_opt
+
+
+def check_nonfinite_step_skipped(make, *, value=float("nan")):
+    """A batch with one non-finite input entry is skipped with a warning (parameters and
+    state unchanged, ``skipped_steps`` counted) and the next clean batch steps normally."""
+    model = tiny(head=True)
+    opt = make(model)
+    one_step(opt, model, *batch(0))
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
+             for k, v in opt.state[model[0].lora_B].items()}
+    X, Y = batch(1)
+    X[2, 1] = value
+    with pytest.warns(NonFiniteStepWarning, match="skipped"):
+        one_step(opt, model, X, Y)
+    assert opt.skipped_steps == 1
+    for p, q in zip(model.parameters(), params, strict=True):
+        assert torch.equal(p, q)
+    for k, v in opt.state[model[0].lora_B].items():
+        assert torch.equal(v, state[k]) if isinstance(v, torch.Tensor) else v == state[k]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one_step(opt, model, *batch(2))  # recovers on the next clean batch
+    assert opt.state[model[0].lora_B]["step"] == 2
+
+
 @pytest.mark.parametrize("iters", [0, 1, 3])
 def test_psilora_step_is_lorsum_of_full_step(iters):
     layer = tiny()
@@ -197,26 +251,7 @@ def test_zero_grad_between_forward_and_backward_keeps_the_inputs():
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_state_dict_resume_is_bit_identical(make, dtype):
-    model = tiny(head=True, dtype=dtype)
-    opt = make(model)
-    for s in range(3):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
-    for s in range(3, 6):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    fresh = tiny(seed=9, head=True, dtype=dtype)
-    fresh.load_state_dict(saved_model)
-    opt2 = make(fresh)
-    opt2.load_state_dict(saved_opt)
-    for s in range(3, 6):
-        one_step(opt2, fresh, *batch(s, dtype=dtype))
-    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
-        assert p.dtype == dtype and torch.equal(p, q)
-    st1, st2 = opt.state[model[0].lora_B], opt2.state[fresh[0].lora_B]
-    for k, v in st1.items():
-        if isinstance(v, torch.Tensor):
-            assert v.dtype == st2[k].dtype and torch.equal(v, st2[k]), k
+    check_resume_bit_identical(make, dtype)
 
 
 def test_scheduler_moves_lr_and_ridge():
@@ -249,25 +284,7 @@ def test_scheduler_moves_lr_and_ridge():
 
 
 def test_nonfinite_gradient_skips_the_step():
-    model = tiny(head=True)
-    opt = PSILoRA(model, 0.3, momentum=0.5)
-    one_step(opt, model, *batch(0))
-    params = [p.detach().clone() for p in model.parameters()]
-    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-             for k, v in opt.state[model[0].lora_B].items()}
-    X, Y = batch(1)
-    X[2, 1] = float("nan")
-    with pytest.warns(NonFiniteStepWarning, match="skipped"):
-        one_step(opt, model, X, Y)
-    assert opt.skipped_steps == 1
-    for p, q in zip(model.parameters(), params, strict=True):
-        assert torch.equal(p, q)
-    for k, v in opt.state[model[0].lora_B].items():
-        assert torch.equal(v, state[k]) if isinstance(v, torch.Tensor) else v == state[k]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        one_step(opt, model, *batch(2))  # recovers on the next clean batch
-    assert opt.state[model[0].lora_B]["step"] == 2
+    check_nonfinite_step_skipped(lambda m: PSILoRA(m, 0.3, momentum=0.5))
 
 
 def test_clipping_scales_the_captured_gradient():

@@ -1,16 +1,22 @@
 """PSI-LoRA's momentum residual and quartic kernels against their formulas (optim/_options.py)."""
 
-import copy
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from lowrank_prox import lorsum
-from lowrank_prox.optim import NonFiniteStepWarning, PSILoRA
+from lowrank_prox.optim import PSILoRA
 from lowrank_prox.optim._options import scalar_quartic_factor
-from tests.test_optim import batch, dense_grad, one_step, tiny, uv
+from tests.test_optim import (
+    batch,
+    check_nonfinite_step_skipped,
+    check_resume_bit_identical,
+    dense_grad,
+    one_step,
+    tiny,
+    uv,
+)
 
 F64 = torch.float64
 
@@ -128,51 +134,15 @@ def test_gram_quartic_kernel_shrinks_each_direction():
 )
 @pytest.mark.parametrize("dtype", [F64, torch.bfloat16])
 def test_state_dict_resume_is_bit_identical(kwargs, dtype):
-    def make(m):
-        return PSILoRA(m, 0.2, iters=2, **kwargs)
-
-    model = tiny(head=True, dtype=dtype)
-    opt = make(model)
-    for s in range(3):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_opt = copy.deepcopy(opt.state_dict())
-    for s in range(3, 6):
-        one_step(opt, model, *batch(s, dtype=dtype))
-    fresh = tiny(seed=9, head=True, dtype=dtype)
-    fresh.load_state_dict(saved_model)
-    opt2 = make(fresh)
-    opt2.load_state_dict(saved_opt)
-    for s in range(3, 6):
-        one_step(opt2, fresh, *batch(s, dtype=dtype))
-    for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
-        assert p.dtype == dtype and torch.equal(p, q)
-    st1, st2 = opt.state[model[0].lora_B], opt2.state[fresh[0].lora_B]
-    assert set(st1) == set(st2)
-    for k, v in st1.items():
-        if isinstance(v, torch.Tensor):
-            assert v.dtype == st2[k].dtype and torch.equal(v, st2[k]), k
+    check_resume_bit_identical(lambda m: PSILoRA(m, 0.2, iters=2, **kwargs), dtype)
 
 
 def test_nonfinite_gradient_skips_the_step_with_residual_and_kernel():
-    model = tiny(head=True)
-    opt = PSILoRA(model, 0.3, momentum=0.5, use_momentum_residual=True, quartic_kernel="gram")
-    one_step(opt, model, *batch(0))
-    params = [p.detach().clone() for p in model.parameters()]
-    state = {k: (v.clone() if isinstance(v, torch.Tensor) else v)
-             for k, v in opt.state[model[0].lora_B].items()}
-    X, Y = batch(1)
-    X[0, 0] = float("inf")
-    with pytest.warns(NonFiniteStepWarning, match="skipped"):
-        one_step(opt, model, X, Y)
-    for p, q in zip(model.parameters(), params, strict=True):
-        assert torch.equal(p, q)
-    for k, v in opt.state[model[0].lora_B].items():
-        assert torch.equal(v, state[k]) if isinstance(v, torch.Tensor) else v == state[k]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        one_step(opt, model, *batch(2))
-    assert opt.state[model[0].lora_B]["step"] == 2
+    check_nonfinite_step_skipped(
+        lambda m: PSILoRA(m, 0.3, momentum=0.5, use_momentum_residual=True,
+                          quartic_kernel="gram"),
+        value=float("inf"),
+    )
 
 
 @pytest.mark.parametrize(

@@ -146,14 +146,23 @@ def test_verify_exits_zero_and_writes_json(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def figures(tmp_path_factory):
-    from analysis.registry import load_all, save
+def built():
+    """The fast FigureResults of the three theory figures (figures inspectable after saving)."""
+    from analysis.registry import load_all
+
+    figs = load_all()
+    return {name: figs[name][1](fast=True)
+            for name in ("prop1_projection", "thm31_rate", "ridge_effect")}
+
+
+@pytest.fixture(scope="module")
+def figures(built, tmp_path_factory):
+    from analysis.registry import save
 
     out = tmp_path_factory.mktemp("figures")
-    figs = load_all()
     data = {}
-    for name in ("prop1_projection", "thm31_rate", "ridge_effect"):
-        save(name, figs[name][1](fast=True), out)
+    for name, result in built.items():
+        save(name, result, out)
         data[name] = json.loads((out / f"{name}.json").read_text())
         assert (out / f"{name}.png").stat().st_size > 0
         pdf = (out / f"{name}.pdf").read_bytes()
@@ -192,3 +201,48 @@ def test_ridge_effect_metrics(figures):
     assert abs(m["fast_shift_slope"] - 1) <= SLOPE_TOL
     for lam in ("0.0001", "0.01", "0.1"):
         assert 0.5 <= m[f"slow_ratio_{lam}"] <= 2.0
+
+
+# -- figure readability (the drawn objects, issue 16) ----------------------------------------
+
+
+def _hex(color):
+    from matplotlib.colors import to_hex
+
+    return to_hex(color)
+
+
+def test_theory_figures_have_titles_and_labelled_axes(built):
+    from analysis.style import figure_title
+
+    for name, result in built.items():
+        assert figure_title(result.fig), name
+        for ax in result.fig.axes:
+            assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title(), (name, ax)
+
+
+def test_theory_figure_colours_follow_the_swept_parameter(built):
+    from analysis.style import sweep_colors
+
+    ratios = T.ProjectionConfig().ratios
+    gap = sweep_colors(ratios)
+    assert len(set(gap.values())) == len(ratios)
+    ax = built["prop1_projection"].fig.axes[1]  # one line per gap ratio, in config order
+    assert [_hex(line.get_color()) for line in ax.get_lines()] == [gap[r] for r in ratios]
+    # ridge panel (b): one line per λ, light to dark in λ order
+    lams = [float(x) for x in built["ridge_effect"].series["lambda"]]
+    lines = built["ridge_effect"].fig.axes[1].get_lines()
+    assert [_hex(line.get_color()) for line in lines] == [sweep_colors(lams)[v] for v in lams]
+    assert [line.get_label() for line in lines] == [f"λ = {v:g}" for v in lams]
+
+
+def test_thm31_iteration_ticks_are_integers_and_one_legend_explains_the_band(built):
+    fig = built["thm31_rate"].fig
+    for ax in fig.axes[:5]:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.xaxis.get_major_locator()() if lo <= t <= hi]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    (legend,) = fig.legends
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert any(lab.startswith("shaded:") for lab in labels)
+    assert any("bound" in lab for lab in labels) and len(labels) == 5

@@ -21,6 +21,15 @@ import numpy as np
 from lowrank_prox import LowRankSum, geolora_step, lorsum, truncated_svd
 
 from ..registry import FigureResult, figure, progress
+from ..style import (
+    BAND_MINMAX,
+    FAMILY_COLORS,
+    add_band_note,
+    integer_ticks,
+    method_style,
+    sweep_colors,
+    use,
+)
 
 __all__ = [
     "RegressionProblem",
@@ -205,8 +214,6 @@ def run_matrix_regression(cfg: RegressionConfig):
     "stable lr vs GeoLoRA at a much larger lr; loss curves with PSI-LoRA and SVDLoRA",
 )
 def geolora_matrix_regression(*, fast: bool = False):
-    import matplotlib.pyplot as plt
-
     cfg = RegressionConfig.fast() if fast else RegressionConfig()
     prob, runs, scan, lr_sim, lr_best = run_matrix_regression(cfg)
     sim, geo = runs["simgd"], runs["geolora"]
@@ -216,36 +223,14 @@ def geolora_matrix_regression(*, fast: bool = False):
     S_geo = _pad_S(geo["S"], int(geo["rank"].max()))
     offdiag = S_sim[-1] - np.diag(np.diag(S_sim[-1]))
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8), constrained_layout=True)
-    t = np.arange(S_sim.shape[0])
-    ax = axes[0, 0]
-    ax.plot(t, S_sim.reshape(len(t), -1), lw=0.7)
-    ax.set(title=f"(a) simultaneous GD on U, S, V, lr = {lr_sim:.3g} (largest stable)",
-           xlabel="iteration", ylabel="entries of S")
-    ax = axes[0, 1]
-    tg = np.arange(S_geo.shape[0])
-    ax.plot(tg, S_geo.reshape(len(tg), -1), lw=0.7)
-    ax.set(title=f"(b) GeoLoRA, lr = {cfg.geolora_lr:g}, τ = {cfg.tau:g}",
-           xlabel="iteration", ylabel="entries of S (absent: not drawn)")
-    ax = axes[1, 0]
     labels = {
-        "simgd": f"simultaneous GD, lr {lr_sim:.3g} (largest stable)",
-        "simgd_best": f"simultaneous GD, lr {lr_best:.3g} (best final loss)",
-        "geolora": f"GeoLoRA, lr {cfg.geolora_lr:g}",
+        "simgd": f"Simultaneous GD, lr {lr_sim:.3g} (largest stable)",
+        "simgd_best": f"Simultaneous GD, lr {lr_best:.3g} (best final loss)",
         "psilora": f"PSI-LoRA ×1, lr {cfg.geolora_lr:g}, rank {cfg.rank0}",
         "svdlora": f"SVDLoRA, lr {cfg.geolora_lr:g}, rank {cfg.rank0}",
+        "geolora": f"GeoLoRA, lr {cfg.geolora_lr:g} (dashed, on top of SVDLoRA)",
     }
-    floor = 1e-30
-    for key, label in labels.items():
-        ax.semilogy(np.maximum(runs[key]["loss"], floor), label=label, lw=1.2)
-    ax.set(title="(c) loss", xlabel="iteration", ylabel="loss L(W)")
-    ax.legend(fontsize=8)
-    ax = axes[1, 1]
-    ax.plot(geo["rank"], label="GeoLoRA rank")
-    ax.axhline(r_star, color="k", ls=":", label=f"target rank {r_star}")
-    ax.set(title="(d) GeoLoRA rank", xlabel="iteration", ylabel="rank")
-    ax.legend()
-    fig.suptitle("Matrix regression (reconstruction of GeoLoRA Fig 5; problem not published)")
+    fig = _plot_matrix_regression(runs, labels, S_sim, S_geo, cfg, lr_sim)
 
     scan_lrs = sorted(scan)
     stride = cfg.stride
@@ -307,6 +292,80 @@ def geolora_matrix_regression(*, fast: bool = False):
     return FigureResult(fig, settings, series, metrics, notes)
 
 
+def _loss_draw():
+    """How each curve of the matrix-regression loss panel is drawn: GeoLoRA dashed with
+    markers over a wide SVDLoRA line (their losses differ by ~10 %, invisible on 24 decades)."""
+    return {
+        "simgd": dict(color=FAMILY_COLORS["Simultaneous GD"], ls="-", lw=0.8, zorder=2),
+        "simgd_best": dict(color="darkcyan", ls="-.", lw=1.4, zorder=2),
+        "psilora": dict(method_style("PSI-LoRA x1"), lw=1.4, zorder=3),
+        "svdlora": dict(color=FAMILY_COLORS["SVDLoRA"], ls="-", lw=3.2, alpha=0.45, zorder=3),
+        "geolora": dict(color=FAMILY_COLORS["GeoLoRA"], ls="--", lw=1.4, marker="o", ms=4,
+                        markevery=(50, 100), zorder=4),
+    }
+
+
+def _plot_S_entries(ax, S, color):
+    """Diagonal entries of the S traces in ``color``, off-diagonal ones thin grey."""
+    t = np.arange(S.shape[0])
+    r = S.shape[1]
+    off = ~np.eye(r, dtype=bool)
+    ax.plot(t, S[:, off], color="0.6", lw=0.4, alpha=0.6)
+    ax.plot(t, np.diagonal(S, axis1=1, axis2=2), color=color, lw=0.8)
+    ax.plot([], [], color=color, lw=0.8, label=r"diagonal entries $S_{ii}$")
+    ax.plot([], [], color="0.6", lw=0.8, label=r"off-diagonal entries $S_{ij}$")
+
+
+def _plot_matrix_regression(runs, labels, S_sim, S_geo, cfg, lr_sim):
+    """The four panels of :func:`geolora_matrix_regression` (drawing only)."""
+    import matplotlib.pyplot as plt
+
+    use()
+    geo = runs["geolora"]
+    r_star = len(cfg.spectrum)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8.6), constrained_layout=True)
+    ax = axes[0, 0]
+    _plot_S_entries(ax, S_sim, FAMILY_COLORS["Simultaneous GD"])
+    ax.set(title=f"(a) simultaneous GD on U, S, V, lr = {lr_sim:.3g} (largest stable)",
+           xlabel="iteration", ylabel=f"entries of the {cfg.rank0}×{cfg.rank0} core S")
+    ax.legend(loc="lower left")
+    ax = axes[0, 1]
+    _plot_S_entries(ax, S_geo, FAMILY_COLORS["GeoLoRA"])
+    for i, sv in enumerate(cfg.spectrum):
+        ax.axhline(sv, color="k", ls=":", lw=0.8,
+                   label="singular values of the target W*" if i == 0 else None)
+    ax.set(title=f"(b) GeoLoRA, lr = {cfg.geolora_lr:g}, τ = {cfg.tau:g}",
+           xlabel="iteration",
+           ylabel="entries of the core S (drawn while the rank keeps them)")
+    ax.legend(loc="center right")
+    ax = axes[1, 0]
+    floor, draw = 1e-30, _loss_draw()
+    for key, label in labels.items():
+        ax.semilogy(np.maximum(runs[key]["loss"], floor), label=label, **draw[key])
+    ax.set(title="(c) loss of each method from the same start", xlabel="iteration",
+           ylabel=r"loss $L(W) = \|XW^\top - Y\|^2 / 2N$")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7)
+    ratio = runs["geolora"]["loss"] / runs["svdlora"]["loss"]
+    ins = ax.inset_axes([0.06, 0.06, 0.42, 0.3])
+    ins.plot(ratio, color=FAMILY_COLORS["GeoLoRA"], lw=1)
+    ins.axhline(1.0, color=FAMILY_COLORS["SVDLoRA"], lw=0.8)
+    ins.set_title("loss GeoLoRA / loss SVDLoRA", fontsize=7)
+    ins.tick_params(labelsize=6)
+    ins.grid(True, alpha=0.3)
+    ax = axes[1, 1]
+    ax.plot(geo["rank"], color=FAMILY_COLORS["GeoLoRA"], lw=1.6, label="GeoLoRA rank")
+    ax.axhline(r_star, color="k", ls=":", label=f"target rank {r_star}")
+    ax.set(title="(d) GeoLoRA rank (linear axis up to 10 iterations, then log)",
+           xlabel="iteration", ylabel="rank", ylim=(0, cfg.rank0 + 1))
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(0, len(geo["rank"]) - 1)
+    integer_ticks(ax.yaxis)
+    ax.legend()
+    fig.suptitle("Matrix regression: simultaneous GD vs GeoLoRA, PSI-LoRA, SVDLoRA\n"
+                 "(reconstruction of GeoLoRA Fig 5; its problem is not published)")
+    return fig
+
+
 def _first_below(loss, level):
     idx = np.nonzero(loss <= level)[0]
     return int(idx[0]) if idx.size else None
@@ -340,8 +399,6 @@ class RankConfig:
     "rank: GeoLoRA vs fixed-rank SVDLoRA and PSI-LoRA",
 )
 def geolora_rank_adaptivity(*, fast: bool = False):
-    import matplotlib.pyplot as plt
-
     cfg = RankConfig.fast() if fast else RankConfig()
     prob = make_problem(cfg.m, cfg.n, cfg.n_samples, cfg.spectrum, cfg.seed)
     r_star = len(cfg.spectrum)
@@ -362,32 +419,7 @@ def geolora_rank_adaptivity(*, fast: bool = False):
             if k == "geolora":
                 rank_traces[str(r0)] = run["rank"]
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    names = {"geolora": f"GeoLoRA (τ = {cfg.tau:g})",
-             "geolora_small_tau": f"GeoLoRA (τ = {cfg.small_tau:g})",
-             "svdlora": "SVDLoRA (fixed rank)", "psilora": "PSI-LoRA ×1 (fixed rank)"}
-    marks = {"geolora": "o-", "geolora_small_tau": "D-", "svdlora": "s--", "psilora": "^:"}
-    ax = axes[0]
-    for k in methods:
-        ax.plot(cfg.ranks0, res[k]["final_rank"], marks[k], label=names[k])
-    ax.axhline(r_star, color="k", lw=0.8, ls="-.", label=f"target rank {r_star}")
-    ax.set(xlabel="initial rank", ylabel="final rank", title="(a) final rank")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for k in methods:
-        ax.semilogy(cfg.ranks0, np.maximum(res[k]["rel_error"], 1e-16), marks[k], label=names[k])
-    ax.semilogy(cfg.ranks0, np.maximum(floors, 1e-16), "k-", lw=0.8,
-                label="best rank-r error (Eckart–Young)")
-    ax.set(xlabel="initial rank", ylabel="‖W − W*‖ / ‖W*‖", title="(b) final relative error")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    for r0, tr in rank_traces.items():
-        ax.plot(tr, label=f"r0 = {r0}", lw=1)
-    ax.set(xscale="symlog", xlabel="iteration", ylabel="rank",
-           title=f"(c) GeoLoRA (τ = {cfg.tau:g}) rank vs time")
-    ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"Rank adaptivity on a rank-{r_star} regression target, lr {cfg.lr:g}, "
-                 f"{cfg.iters} iterations")
+    fig = _plot_rank_adaptivity(cfg, res, floors, rank_traces)
 
     geo = res["geolora"]
     small = res["geolora_small_tau"]
@@ -452,6 +484,68 @@ def geolora_rank_adaptivity(*, fast: bool = False):
     return FigureResult(fig, settings, series, metrics, notes)
 
 
+def _rank_draw(cfg):
+    """Label and style of each method of :func:`geolora_rank_adaptivity` (SVDLoRA and PSI-LoRA
+    both keep the initial rank: big open squares around small filled triangles)."""
+    brown = FAMILY_COLORS["GeoLoRA"]
+    return {
+        "geolora": (f"GeoLoRA (τ = {cfg.tau:g})",
+                    dict(color=brown, ls="-", marker="o", ms=6, zorder=4)),
+        "geolora_small_tau": (f"GeoLoRA (τ = {cfg.small_tau:g})",
+                              dict(color="#d2a06e", ls="-", marker="D", ms=5, zorder=3)),
+        "svdlora": ("SVDLoRA (fixed rank)",
+                    dict(color=FAMILY_COLORS["SVDLoRA"], ls="--", marker="s", ms=9, mfc="none",
+                         zorder=2)),
+        "psilora": ("PSI-LoRA ×1 (fixed rank)",
+                    dict(method_style("PSI-LoRA x1"), ls=":", marker="^", ms=4, zorder=3)),
+    }
+
+
+def _plot_rank_adaptivity(cfg, res, floors, rank_traces):
+    """The three panels of :func:`geolora_rank_adaptivity` (drawing only)."""
+    import matplotlib.pyplot as plt
+
+    use()
+    r_star = len(cfg.spectrum)
+    draw = _rank_draw(cfg)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 5.0), constrained_layout=True)
+    ax = axes[0]
+    for k, (label, style) in draw.items():
+        ax.plot(cfg.ranks0, res[k]["final_rank"], label=label, **style)
+    ax.axhline(r_star, color="k", lw=0.8, ls="-.", label=f"target rank {r_star}", zorder=1)
+    ax.set(xlabel="initial rank r0", ylabel="final rank after "
+           f"{cfg.iters} iterations", title="(a) final rank (fixed-rank methods: = r0)")
+    integer_ticks(ax.xaxis)
+    integer_ticks(ax.yaxis)
+    ax = axes[1]
+    for k, (_label, style) in draw.items():
+        ax.semilogy(cfg.ranks0, np.maximum(res[k]["rel_error"], 1e-16), **style)
+    ax.semilogy(cfg.ranks0, np.maximum(floors, 1e-16), "k-", lw=0.8,
+                label="best error of a rank-r0 matrix (Eckart–Young; 0 drawn at 1e-16)")
+    ax.set(xlabel="initial rank r0", ylabel=r"final relative error $\|W - W^*\| / \|W^*\|$",
+           title="(b) final relative error")
+    integer_ticks(ax.xaxis)
+    handles, labels = axes[0].get_legend_handles_labels()
+    h1, l1 = ax.get_legend_handles_labels()
+    fig.legend(handles + h1, labels + l1, loc="outside lower center", ncol=6, fontsize=7.5)
+    ax = axes[2]
+    colors = sweep_colors([int(r0) for r0 in rank_traces])
+    for j, (r0, tr) in enumerate(rank_traces.items()):
+        # larger r0 first and wider, so coinciding traces stay visible underneath
+        ax.plot(tr, color=colors[int(r0)], lw=1 + 2.5 * (1 - j / max(len(rank_traces) - 1, 1)),
+                label=f"r0 = {r0}", zorder=2 + j, drawstyle="steps-post")
+    ax.axhline(r_star, color="k", lw=0.8, ls="-.", zorder=1)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set(xlabel="iteration (linear up to 1, then log)", ylabel="rank",
+           title=f"(c) GeoLoRA (τ = {cfg.tau:g}) rank over the iterations")
+    ax.set_xlim(0, cfg.iters)
+    integer_ticks(ax.yaxis)
+    ax.legend(fontsize=7, ncol=2, title="initial rank", title_fontsize=7)
+    fig.suptitle(f"Rank adaptivity: does GeoLoRA find the rank {r_star} of the target from any "
+                 f"initial rank? (matrix regression, lr {cfg.lr:g}, {cfg.iters} iterations)")
+    return fig
+
+
 # -- GeoLoRA on the paper's linear task (companion of fig1_linear_fullbatch) ----------------
 
 
@@ -473,6 +567,14 @@ def _geolora_linear_model(config, seed):
         model.weight.zero_()
         model.set_factors(U[:, :r].to(dtype), torch.diag(s[:r]).to(dtype), Vh[:r].mT.to(dtype))
     return model
+
+
+def _linear_task_style(label):
+    """The shared style of a method of the linear-task figure; GeoLoRA's smaller lr lighter."""
+    if label.startswith("GeoLoRA"):
+        lr = float(label.split()[-1])
+        return {"color": FAMILY_COLORS["GeoLoRA"] if lr >= 0.5 else "#d2a06e", "ls": "-"}
+    return method_style(label)
 
 
 def _linear_task_methods():
@@ -506,9 +608,8 @@ def geolora_linear_task(*, fast: bool = False):
     else:
         config, seeds = LinearTaskConfig(), (0, 1, 2, 3, 4)
     series, metrics, settings = {}, {"initial_excess": None}, {}
+    use()
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    colors = {"SVDLoRA": "k", "PSI-LoRA x1": "#74c476", "PSI-LoRA x8": "#238b45",
-              "GeoLoRA lr 0.5": "tab:red", "GeoLoRA lr 0.25": "tab:pink"}
     for method in progress(_linear_task_methods(), desc="geolora linear"):
         ex, seconds = run_method(config, method, seeds=seeds)
         key = re.sub(r"[^A-Za-z0-9]+", "_", method.label).strip("_")
@@ -519,15 +620,17 @@ def geolora_linear_task(*, fast: bool = False):
         settings[method.label] = method.settings
         epochs = np.arange(ex.shape[1])
         floor = np.maximum(ex, 1e-12)
-        ax.plot(epochs, floor.mean(0), color=colors[method.label], label=method.label)
-        ax.fill_between(epochs, floor.min(0), floor.max(0), color=colors[method.label],
+        style = _linear_task_style(method.label)
+        ax.plot(epochs, floor.mean(0), label=method.label, lw=1.4, **style)
+        ax.fill_between(epochs, floor.min(0), floor.max(0), color=style["color"],
                         alpha=0.15, lw=0)
     ax.set_yscale("log")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (full batch: one step per epoch)")
     ax.set_ylabel(r"excess loss $\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$")
-    ax.set_title("Linear task (full batch): GeoLoRA beside PSI-LoRA")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.set_title("Linear task (full batch, companion of Fig 1a):\nGeoLoRA beside PSI-LoRA "
+                 "and SVDLoRA")
+    ax.legend(fontsize=8, loc="center right")
+    add_band_note(ax, BAND_MINMAX if len(seeds) > 1 else "one seed: no band")
     fig.tight_layout()
     fmt = ", ".join(f"{k.removeprefix('final_excess_')} {v:.3g}"
                     for k, v in metrics.items() if k.startswith("final_excess_"))

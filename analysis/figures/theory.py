@@ -9,10 +9,14 @@ import numpy as np
 
 from .. import theory as T
 from ..registry import FigureResult, figure, progress
+from ..style import integer_ticks, sweep_colors, use
 
-COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-          "tab:gray")
 FLOOR = 1e-17  # values below this (exact zeros) are drawn at the floor of the log axis
+#: Measured quantities are drawn in colour, predictions and bounds in black.
+MEASURED = "tab:blue"
+GAP = r"$\sigma_{r+1}/\sigma_r$"
+FLOOR_NOTE = ("Log axes: values below 1e-17 (exact zeros) are drawn on the lower edge; "
+              "float64 rounding stops the errors between 1e-16 and 1e-14.")
 
 
 def _plt():
@@ -21,11 +25,17 @@ def _plt():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    use()
     return plt
 
 
 def _clip(a):
     return np.maximum(np.asarray(a, dtype=float), FLOOR)
+
+
+def _footnote(fig, text):
+    """A grey line under every panel (constrained layout keeps room for it)."""
+    fig.supxlabel(text, fontsize=8, color="0.35")
 
 
 @figure("prop1_projection",
@@ -37,11 +47,12 @@ def prop1_projection(*, fast: bool) -> FigureResult:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     series, metrics = {}, {}
-    for c, (ratio, v) in zip(COLORS, res.items(), strict=False):
-        K = v["K"]
-        ax1.plot(K[1:], v["residual"][1:], color=c, label=f"σ_r+1/σ_r = {ratio}")
+    colors = sweep_colors(res)
+    for ratio, v in res.items():
+        K, c = v["K"], colors[ratio]
+        ax1.plot(K[1:], v["residual"][1:], color=c, label=f"gap {GAP} = {ratio}")
         ax1.axhline(v["floor"], color=c, ls="--", lw=1)
-        ax2.semilogy(K, _clip(v["distance"]), color=c, label=f"σ_r+1/σ_r = {ratio}")
+        ax2.semilogy(K, _clip(v["distance"]), color=c, label=f"gap {GAP} = {ratio}")
         series[str(ratio)] = {"K": K, "residual": v["residual"], "distance": v["distance"],
                               "floor": v["floor"]}
         metrics[f"floor_{ratio}"] = v["floor"]
@@ -50,14 +61,20 @@ def prop1_projection(*, fast: bool) -> FigureResult:
             if k <= cfg.iters:
                 metrics[f"distance_K{k}_{ratio}"] = float(v["distance"][k])
         metrics[f"distance_final_{ratio}"] = float(v["distance"][-1])
-    ax1.set(xlabel="LoRSum iterations K (from 1)", ylabel="‖Y − U_K V_Kᵀ‖ / ‖Y‖",
-            title="Residual (dashed: Eckart–Young floor)")
+    ax1.plot([], [], "k--", lw=1, label="Eckart–Young floor (best rank-r residual)")
+    ax1.set(xlabel="LoRSum iterations K (log axis, from K = 1)",
+            ylabel=r"relative residual $\|Y - U_K V_K^\top\| / \|Y\|$",
+            title="(a) Residual: reaches the Eckart–Young floor, never below")
     ax1.set_xscale("log")
-    ax2.set(xlabel="LoRSum iterations K", ylabel="‖U_K V_Kᵀ − Π_r(Y)‖ / ‖Π_r(Y)‖",
-            title="Distance to the truncated SVD")
+    ax2.set(xlabel="LoRSum iterations K (linear up to 10, then log)",
+            ylabel=r"relative distance $\|U_K V_K^\top - \Pi_r(Y)\| / \|\Pi_r(Y)\|$",
+            title=r"(b) Distance to the truncated SVD $\Pi_r(Y)$")
     ax2.set_xscale("symlog", linthresh=10)
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    ax1.legend()
+    ax2.legend(loc="lower left")
+    fig.suptitle(r"Proposition 1: LoRSum $\times K$ converges to the truncated SVD $\Pi_r(Y)$;"
+                 f" slowly when {GAP} is near 1 (Y {cfg.m}×{cfg.n}, r = {cfg.rank})")
+    _footnote(fig, FLOOR_NOTE)
     metrics.update({
         "ey_rel_err": prop["ey_rel_err"],
         "competitor_min_ratio": prop["competitor_min_ratio"],
@@ -92,25 +109,29 @@ def thm31_rate(*, fast: bool) -> FigureResult:
     plt = _plt()
     fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), constrained_layout=True)
     series, metrics = {"rates": {}, "warm": {}}, {}
-    for ax, c, ratio in zip(axes.flat[:4], COLORS, cfg.ratios, strict=False):
-        v = runs[0][ratio]
+    colors = sweep_colors(cfg.ratios)
+    for i, (ax, ratio) in enumerate(zip(axes.flat[:4], cfg.ratios, strict=False)):
+        v, c = runs[0][ratio], colors[ratio]
         k = v["k"]
         step = max(1, len(k) // 60)
         ax.semilogy(k[::step], _clip(v["tan"])[::step], "o", ms=3, color=c,
-                    label="tan θ_k measured")
-        ax.semilogy(k, _clip(v["bound"]), "-", color=c, lw=1,
-                    label=f"bound ρ^2k tan θ_0, ρ²={v['rate_predicted']:.4g}")
+                    label=r"measured $\tan\theta_k$ (coloured dots)", zorder=3)
+        ax.semilogy(k, _clip(v["bound"]), "-", color="k", lw=1,
+                    label=r"Thm 3.1 bound $\rho^{2k}\tan\theta_0$")
         sr2 = 1.0  # σ_r = 1 by construction
         ax.semilogy(k[1::step], _clip(v["excess"][1:] / sr2)[::step], "s", ms=2.5,
-                    mfc="none", color="k", alpha=0.6, label="excess error / σ_r²")
+                    mfc="none", color="0.4", label=r"excess error $/\sigma_r^2$ (rate $\rho^4$)")
         k1, k2 = v["rate_window"]
-        ax.axvspan(k1, k2, color=c, alpha=0.08, label="fit window")
+        ax.axvspan(k1, k2, color=c, alpha=0.12, lw=0,
+                   label="shaded: iterations used to fit the measured rate")
         anchor = v["tan"][int(k1)] * v["rate_predicted"] ** (k - k1)
         ax.semilogy(k, _clip(anchor), ":", color="k", lw=1,
-                    label="ρ^2k through the window start")
-        ax.set(xlabel="ALS iteration k", ylabel="tan θ_max(U_k, U_r*)",
-               title=f"σ_r+1/σ_r = {ratio}", ylim=(1e-17, 1e3))
-        ax.legend(fontsize=7)
+                    label=r"slope $\rho^2$ per iteration, through the window start")
+        ax.set(xlabel="ALS (LoRSum) iteration k",
+               ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*)$",
+               title=f"({'abcd'[i]}) gap {GAP} = {ratio}, ρ² = {v['rate_predicted']:.4g}",
+               ylim=(1e-17, 1e3))
+        integer_ticks(ax.xaxis)
         meas = [run[ratio]["rate_measured"] for run in runs]
         emeas = [run[ratio]["excess_rate_measured"] for run in runs]
         metrics[f"rate_predicted_{ratio}"] = v["rate_predicted"]
@@ -127,27 +148,43 @@ def thm31_rate(*, fast: bool) -> FigureResult:
             "excess_rate_measured_per_seed": emeas,
         }
     ax = axes.flat[4]
-    for c, row in zip(COLORS, [r for r in warm["rows"] if r["eta"] in (1e-3, 1e-2, 1e-1)],
-                      strict=False):
+    shown = [r for r in warm["rows"] if r["eta"] in (1e-3, 1e-2, 1e-1)]
+    eta_colors = sweep_colors([r["eta"] for r in shown], "plasma", hi=0.75)
+    for row in shown:
+        c = eta_colors[row["eta"]]
         kk = np.arange(len(row["tan_warm"]))
         ax.semilogy(kk, _clip(row["tan_warm"]), "o-", color=c, ms=4,
-                    label=f"warm, η={row['eta']:g}")
+                    label=f"warm start, η = {row['eta']:g}")
         ax.semilogy(kk, _clip(row["tan_random"]), "s--", color=c, ms=4, mfc="none",
-                    label=f"random, η={row['eta']:g}")
-    ax.set(xlabel="ALS iteration k", ylabel="tan θ_max(U_k, U_r*(Y))",
-           title="Y = U_tV_tᵀ − ηG: warm vs random start", ylim=(1e-17, 1e3))
-    ax.legend(fontsize=7, ncol=2)
+                    label=f"random start, η = {row['eta']:g}")
+    ax.set(xlabel="ALS (LoRSum) iteration k",
+           ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*(Y))$",
+           title=r"(e) one optimizer step $Y = U_tV_t^\top - \eta G$: warm vs random start",
+           ylim=(1e-17, 1e3))
+    ax.legend(fontsize=6.5, ncol=2)
     ax = axes.flat[5]
     etas = np.array([r["eta"] for r in warm["rows"]])
     tan0 = np.array([r["tan_warm"][0] for r in warm["rows"]])
     sin0 = np.array([r["sin0"] for r in warm["rows"]])
     wedin = np.array([r["wedin"] for r in warm["rows"]])
-    ax.loglog(etas, tan0, "o", color="tab:blue", label="tan θ_0 (warm start)")
-    ax.loglog(etas, sin0, "x", color="tab:blue", label="sin θ_0")
-    ax.loglog(etas, wedin, "-", color="k", lw=1, label="Wedin: η‖G‖₂/σ_r(Y)")
-    ax.set(xlabel="step size η (‖G‖₂ = 1, σ_r(W_t) = 1)", ylabel="initial angle",
-           title=f"Initial angle, slope {warm['tan0_slope']:.3f} (η ≤ {wcfg.slope_eta_max:g})")
+    ax.loglog(etas, tan0, "o", color=MEASURED, ms=7, label=r"$\tan\theta_0$ of the warm start")
+    ax.loglog(etas, sin0, "x", color="tab:orange", ms=6,
+              label=r"$\sin\theta_0$ (equal to $\tan\theta_0$ while small)")
+    ax.loglog(etas, wedin, "-", color="k", lw=1,
+              label=r"Wedin bound $\eta\|G\|_2/\sigma_r(Y)$")
+    ax.set(xlabel=r"step size $\eta$  ($\|G\|_2 = 1$, $\sigma_r(W_t) = 1$)",
+           ylabel="initial angle of the warm start",
+           title=f"(f) initial angle grows like $\\eta^{{{warm['tan0_slope']:.3f}}}$ "
+                 f"(fit on η ≤ {wcfg.slope_eta_max:g})")
+    integer_ticks(axes.flat[4].xaxis)
     ax.legend(fontsize=7)
+    # The overall title is the title of the legend of panels (a)-(d) (the same five elements
+    # in each), above them: constrained layout stacks a suptitle and an outside legend.
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncol=5,
+               fontsize=7.5, frameon=False, title_fontsize=12,
+               title=r"Theorem 3.1: each ALS (LoRSum) iteration shrinks the subspace angle by "
+                     r"$\rho^2 = (\sigma_{r+1}/\sigma_r)^2$; a warm start begins at angle O(η)")
+    _footnote(fig, FLOOR_NOTE)
     for row in warm["rows"]:
         series["warm"][f"{row['eta']:g}"] = {k: row[k] for k in (
             "tan_warm", "tan_random", "bound_warm", "sin0", "wedin", "rho", "dist_K1",
@@ -196,29 +233,40 @@ def ridge_effect(*, fast: bool) -> FigureResult:
     lams = np.array([r["lambda"] for r in res["rows"]])
     fixed = np.array([r["fixed_dist"] for r in res["rows"]])
     shift = np.array([r["fast_shift"] for r in res["rows"]])
-    ax1.loglog(lams, fixed, "o", label="fixed point: ‖W_∞(λ) − Π_r(Y)‖/‖Π_r(Y)‖")
-    ax1.loglog(lams, shift, "x", label="max_{k≤3} ‖W_k(λ) − W_k(0)‖/‖Π_r(Y)‖")
+    ax1.loglog(lams, fixed, "o", color=MEASURED, ms=7,
+               label=r"fixed point $\|W_\infty(\lambda) - \Pi_r(Y)\|$")
+    ax1.loglog(lams, shift, "x", color="tab:orange", ms=6,
+               label=r"first 3 iterations $\max_{k\leq3}\|W_k(\lambda) - W_k(0)\|$")
     ax1.loglog(lams, res["fixed_coef"] * lams, "k-", lw=1,
                label=f"{res['fixed_coef']:.3f}·λ (slope 1)")
-    ax1.set(xlabel="ridge λ", ylabel="relative distance",
-            title=f"Fixed point offset: slope {res['fixed_slope']:.3f}")
-    ax1.legend(fontsize=7)
+    ax1.set(xlabel="ridge λ", ylabel=r"distance relative to $\|\Pi_r(Y)\|$",
+            title=f"(a) the ridge moves the fixed point by O(λ): slope {res['fixed_slope']:.3f}")
+    ax1.legend(fontsize=7, loc="upper left")
     series = {"lambda": lams, "fixed_dist": fixed, "fast_shift": shift, "trace": {}}
-    for c, row in zip(COLORS, res["rows"], strict=False):
+    lam_colors = sweep_colors(lams)
+    for row in res["rows"]:
         d = row["trace_dist"]
-        ax2.semilogy(np.arange(len(d)), _clip(d), color=c, label=f"λ={row['lambda']:g}")
+        ax2.semilogy(np.arange(len(d)), _clip(d), color=lam_colors[row["lambda"]],
+                     label=f"λ = {row['lambda']:g}")
         series["trace"][f"{row['lambda']:g}"] = d
-    ax2.set(xlabel="ALS iteration k", ylabel="‖W_k − W_∞(λ)‖ / ‖Π_r(Y)‖",
-            title=f"Fast phase at ρ² = {res['rho2']:.3f}, then a slow phase", ylim=(1e-17, 1))
-    ax2.legend(fontsize=7)
+    ax2.set(xlabel="ALS (LoRSum) iteration k",
+            ylabel=r"$\|W_k - W_\infty(\lambda)\| / \|\Pi_r(Y)\|$",
+            title=f"(b) fast phase at rate ρ² = {res['rho2']:.3f}, then a slow phase",
+            ylim=(1e-17, 1))
+    ax2.legend(fontsize=7, title="ridge", title_fontsize=7, loc="upper left",
+               bbox_to_anchor=(1.0, 1.0))
     ok = np.array([np.isfinite(r["slow_rate"]) and r["slow_window"][1] - r["slow_window"][0]
                    >= 10 for r in res["rows"]])
     slow = np.array([1 - r["slow_rate"] for r in res["rows"]])
-    ax3.loglog(lams[ok], slow[ok], "o", label="1 − slow rate (measured)")
+    ax3.loglog(lams[ok], slow[ok], "o", color=MEASURED, ms=7, label="1 − slow rate (measured)")
     ax3.loglog(lams, 1 - np.array([r["slow_law"] for r in res["rows"]]), "k-", lw=1,
-               label="1 − 1/(1 + λ/σ_r(W_t))")
-    ax3.set(xlabel="ridge λ", ylabel="1 − per-iteration rate", title="Slow phase")
-    ax3.legend(fontsize=7)
+               label=r"$1 - 1/(1 + \lambda/\sigma_r(W_t))$ (empirical law)")
+    ax3.set(xlabel="ridge λ", ylabel="1 − per-iteration rate of the slow phase",
+            title="(c) the slow phase: rate 1 − Θ(λ)")
+    ax3.legend(fontsize=7, loc="upper left")
+    fig.suptitle("What the ridge λ does to LoRSum on one optimizer step "
+                 r"$Y = U_tV_t^\top - \eta G$ (no claim of the paper; findings)")
+    _footnote(fig, FLOOR_NOTE)
     series["slow_one_minus_rate"] = np.where(ok, slow, np.nan)
     metrics = {
         "fixed_slope": res["fixed_slope"],

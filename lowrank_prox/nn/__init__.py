@@ -1,14 +1,8 @@
 """Torch modules: LoRA-adapted linear layers (SPEC §6, §8)."""
 
-try:
-    import torch  # noqa: F401
-except ModuleNotFoundError as exc:  # tested in tests/test_packaging.py
-    if exc.name != "torch":
-        raise
-    raise ImportError(
-        "lowrank_prox.nn needs PyTorch, which is not installed: "
-        "pip install 'lowrank_prox[torch]' (or install torch yourself)"
-    ) from exc
+from .._optional import require_torch
+
+require_torch("lowrank_prox.nn")
 
 from .geolora import GeoLoRALinear
 from .lora import LoRALinear, add_lora

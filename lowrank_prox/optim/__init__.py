@@ -6,15 +6,9 @@ base :class:`LoRAOptimizer` (``lowrank_prox/optim/_base.py`` says how to subclas
 LoRA and full fine-tuning use ``torch.optim`` directly.
 """
 
-try:
-    import torch  # noqa: F401
-except ModuleNotFoundError as exc:  # tested in tests/test_packaging.py
-    if exc.name != "torch":
-        raise
-    raise ImportError(
-        "lowrank_prox.optim needs PyTorch, which is not installed: "
-        "pip install 'lowrank_prox[torch]' (or install torch yourself)"
-    ) from exc
+from .._optional import require_torch
+
+require_torch("lowrank_prox.optim")
 
 from ._base import (
     CapturedGradient,
