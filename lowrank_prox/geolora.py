@@ -30,7 +30,8 @@ __all__ = ["geolora_step", "geolora_tangent", "tail_rank"]
 
 
 def geolora_step(
-    U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, augment=True, check_finite=True
+    U, S, V, G, lr, *, tau, min_rank=2, max_rank=None, augment=True, max_augmented_rank=None,
+    check_finite=True,
 ):
     """One GeoLoRA step ``W₊ = T_τ(W − lr·P_T(G))`` for ``W = U S Vᵀ`` (SPEC §8).
 
@@ -60,6 +61,12 @@ def geolora_step(
         ``False`` skips the basis augmentation: only the coefficient ("S") step
         ``S − lr·UᵀGV`` in the current bases, then the truncation (the "coefficient steps" that
         GeoLoRA's reference trainers run between augmentations, peers.md §1.4).
+    max_augmented_rank : int or None
+        Largest number of columns of each augmented basis, default ``2r`` (capped at ``m``,
+        ``n``): the SVD then sees every new direction.  GeoLoRA's reference trainers
+        preallocate ``max_rank`` columns and augment only to ``min(2r, max_rank)``, keeping
+        the first ``max_rank − r`` new directions of the QR before the SVD; pass
+        ``max_augmented_rank=max_rank`` for that.  A value ``≤ r`` augments nothing.
     check_finite : bool, default True
         Refuse NaN/Inf in the inputs.
 
@@ -95,6 +102,8 @@ def geolora_step(
     max_rank = _validate.check_int(max_rank, "max_rank", low=min_rank, high=min(m, n))
     if not isinstance(augment, bool):
         raise TypeError(f"augment must be True or False; got {augment!r}")
+    if max_augmented_rank is not None:
+        max_augmented_rank = _validate.check_int(max_augmented_rank, "max_augmented_rank", low=1)
 
     like = op.terms[0][1] if isinstance(op, LowRankSum) else op.to_dense()
     xp = _xp.get_namespace(U, S, V, like, names=["U", "S", "V", "G"])
@@ -109,6 +118,9 @@ def geolora_step(
     if augment:
         U_new = _augment(U, GK, xp)  # Ũ: m × (p − r), orthogonal to U
         V_new = _augment(V, GL, xp)  # Ṽ: n × (q − r)
+        if max_augmented_rank is not None:  # the reference trainers' min(2r, max_rank)
+            extra = max(max_augmented_rank - r, 0)
+            U_new, V_new = U_new[:, :extra], V_new[:, :extra]
     else:
         U_new, V_new = U[:, :0], V[:, :0]
     p, q = r + U_new.shape[1], r + V_new.shape[1]

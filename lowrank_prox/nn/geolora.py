@@ -15,7 +15,7 @@ __all__ = ["GeoLoRALinear"]
 
 
 class GeoLoRALinear(nn.Module):
-    """``y = x W0ᵀ + b + x (U S Vᵀ)ᵀ`` with orthonormal ``U, V`` and a rank that may change.
+    """``y = x W0ᵀ + b + s·x (U S Vᵀ)ᵀ`` with orthonormal ``U, V`` and a rank that may change.
 
     The GeoLoRA parametrisation (SPEC §8, peers.md §1.2): frozen base ``weight`` (out × in) and
     ``bias``; trainable ``U`` (out × r), ``S`` (r × r) and ``V`` (in × r).  Train it with
@@ -36,6 +36,12 @@ class GeoLoRALinear(nn.Module):
         ``S = diag(init_scale)``.  ``U`` and ``V`` are the Q factors of Gaussian matrices.
     init_scale : float, default 1e-2
         Diagonal of ``S`` for ``init="random"``.
+    alpha : float or None
+        Default None: no scaling, ``s = 1``, so a rank change leaves ``ΔW`` as the truncation
+        made it (the paper's step).  A float α > 0: ``s = α / r`` with the *current* rank, as
+        in GeoLoRA's reference layers (their default α = 16 with ``max_rank = 32``): every rank
+        change ``r → r'`` then rescales ``ΔW`` by ``r / r'`` on top of the step, and the
+        optimizer's gradients carry the factor s.
     generator : torch.Generator, optional
         Source of the random bases (and of the base weight's default initialisation).
     device, dtype : optional
@@ -51,11 +57,15 @@ class GeoLoRALinear(nn.Module):
         bias=True,
         init="zero",
         init_scale=1e-2,
+        alpha=None,
         generator=None,
         device=None,
         dtype=None,
     ):
         super().__init__()
+        self.alpha = None if alpha is None else _validate.check_real(
+            alpha, "alpha", low=0.0, low_open=True
+        )
         self.in_features = _validate.check_int(in_features, "in_features", low=1)
         self.out_features = _validate.check_int(out_features, "out_features", low=1)
         rank = _validate.check_rank(rank, (self.out_features, self.in_features))
@@ -85,14 +95,20 @@ class GeoLoRALinear(nn.Module):
         """The current rank ``r`` (columns of ``U``)."""
         return self.U.shape[1]
 
+    @property
+    def scaling(self):
+        """``s = α / r`` with the current rank (1 when ``alpha`` is None)."""
+        return 1.0 if self.alpha is None else self.alpha / self.rank
+
     def forward(self, x):
         base = F.linear(x, self.weight, self.bias)
-        return base + ((x @ self.V) @ self.S.mT) @ self.U.mT
+        adapter = ((x @ self.V) @ self.S.mT) @ self.U.mT
+        return base + (adapter if self.alpha is None else self.scaling * adapter)
 
     def delta_weight(self):
-        """The adapter ``U S Vᵀ`` (out × in), detached."""
+        """The adapter ``s · U S Vᵀ`` (out × in), detached."""
         with torch.no_grad():
-            return self.U @ self.S @ self.V.mT
+            return self.scaling * (self.U @ self.S @ self.V.mT)
 
     @torch.no_grad()
     def set_factors(self, U, S, V):
@@ -140,6 +156,7 @@ class GeoLoRALinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"rank={self.rank}, bias={self.bias is not None}"
+            + ("" if self.alpha is None else f", alpha={self.alpha:g}")
         )
 
     def _reset_base(self, generator):

@@ -71,6 +71,10 @@ class NonFiniteStepWarning(UserWarning):
 class LoRALayer:
     """One adapted layer as the optimizers see it: ``W = W0 + U Vᵀ``, ``U = B``, ``Vᵀ = A``."""
 
+    #: The scaling ``s`` of ``W = W0 + s·B A`` that the optimizer's factors leave out
+    #: (``peft_scaling="ignore"``: ``U = B`` although the layer computes ``s·B A``); 1 otherwise.
+    ignored_scaling = 1.0
+
     def __init__(self, name, module, A, B):
         self.name = name
         self.module = module
@@ -169,8 +173,13 @@ def compute_dtype(dtype):
     return torch.float32 if torch.finfo(dtype).bits < 32 else dtype
 
 
-def find_lora_layers(model):
-    """Every module of ``model`` with ``lora_A`` and ``lora_B`` whose factors are trainable."""
+def find_lora_layers(model, peft_scaling="fold"):
+    """Every module of ``model`` with ``lora_A`` and ``lora_B`` whose factors are trainable.
+
+    ``peft_scaling="fold"`` maps a layer ``W0 + s·B A`` to ``U = s·B`` (PEFT layers; other
+    layers must have ``s = 1``); ``"ignore"`` to ``U = B`` whatever ``s`` (the authors' code,
+    :mod:`._published`).
+    """
     from ._peft import is_peft_lora_layer, peft_lora_layer  # PEFT layers: U = s·B (see _peft)
 
     layers = []
@@ -178,6 +187,7 @@ def find_lora_layers(model):
         if is_peft_lora_layer(module):
             layer = peft_lora_layer(name, module)
             if layer is not None:
+                layer.fold = peft_scaling == "fold"
                 layers.append(layer)
             continue
         if not (hasattr(module, "lora_A") and hasattr(module, "lora_B")):
@@ -192,13 +202,16 @@ def find_lora_layers(model):
         scaling = getattr(module, "scaling", None)
         if isinstance(scaling, dict):
             scaling = next(iter(scaling.values()), None)
-        if scaling is not None and float(scaling) != 1.0:
+        if scaling is not None and float(scaling) != 1.0 and peft_scaling == "fold":
             raise ValueError(
                 f"layer {name!r} scales its adapter by {float(scaling)}; these optimizers need "
-                "W = W0 + lora_B @ lora_A (set lora_alpha = r)"
+                "W = W0 + lora_B @ lora_A (set lora_alpha = r, or peft_scaling='ignore')"
             )
         if A.requires_grad and B.requires_grad:
-            layers.append(LoRALayer(name, module, A, B))
+            layer = LoRALayer(name, module, A, B)
+            if scaling is not None:
+                layer.ignored_scaling = float(scaling)
+            layers.append(layer)
     return layers
 
 
@@ -241,6 +254,14 @@ class LoRAOptimizer(torch.optim.Optimizer):
         LoRA group's ``lr / lr_initial`` at each step, so one scheduler drives both.
     other_momentum, other_dampening : float
         Momentum of the default SGD for the other parameters.
+    peft_scaling : {"fold", "ignore"}, default "fold"
+        How a layer ``W0 + s·B A`` with PEFT scaling ``s = α/r`` maps to ``(U, V)``: ``"fold"``
+        takes ``U = s·B`` (the step is the method's step on the adapter actually used,
+        :mod:`._peft`); ``"ignore"`` takes ``U = B`` as the authors' code does, so the adapter
+        moves by ``s`` times the method's step (RPLoRA, which uses the autograd factor
+        gradients there, then sees ``s·G``).  The two agree at ``s = 1`` (``lora_alpha = r``,
+        the authors' runs).
+
     Attributes
     ----------
     track_grad_norm : bool
@@ -265,6 +286,7 @@ class LoRAOptimizer(torch.optim.Optimizer):
         other_optimizer=None,
         other_momentum=0.0,
         other_dampening=0.0,
+        peft_scaling="fold",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -285,7 +307,10 @@ class LoRAOptimizer(torch.optim.Optimizer):
                 "functools.partial(torch.optim.AdamW, lr=1e-3)); got "
                 f"{type(other_optimizer).__name__}"
             )
-        layers = find_lora_layers(model)
+        from ._published import check_peft_scaling
+
+        peft_scaling = check_peft_scaling(peft_scaling)
+        layers = find_lora_layers(model, peft_scaling)
         if not layers:
             raise ValueError(
                 "model must contain at least one LoRA layer (a module with trainable lora_A and "
@@ -298,7 +323,8 @@ class LoRAOptimizer(torch.optim.Optimizer):
             if p.requires_grad and id(p) not in seen:
                 seen.add(id(p))
                 others.append(p)
-        group_defaults = {"lr": lr, "max_grad_norm": max_grad_norm, **(defaults or {})}
+        group_defaults = {"lr": lr, "max_grad_norm": max_grad_norm, "peft_scaling": peft_scaling,
+                          **(defaults or {})}
         super().__init__([{"params": params, "kind": "lora"}], group_defaults)
 
         self._layers = layers

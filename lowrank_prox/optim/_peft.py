@@ -21,7 +21,9 @@ convention: the adapter product — all that PSI-LoRA, SVDLoRA and the ``G`` of 
 does not depend on it, but the ridge ``λ(‖U − U_a‖² + ‖V − V_a‖²)`` and factor-wise rules
 (RPLoRA's Adam, Proj. PSI-LoRA's buffers) are defined in these ``(U, V)`` coordinates.  A PEFT
 layer with scaling ``s`` then takes exactly the step of a :class:`lowrank_prox.nn.LoRALinear`
-holding ``lora_B = s·B``, ``lora_A = A``.
+holding ``lora_B = s·B``, ``lora_A = A``.  ``peft_scaling="ignore"`` (an optimizer option, the
+authors' convention) maps instead ``U = lora_B``: the step is then computed as if the adapter were
+``B A`` and the layer's ``s·B A`` moves by ``s`` times it (the two agree at ``s = 1``).
 
 Captured gradient and dropout.  The capture hooks sit on the PEFT layer itself
 (:mod:`._capture`): ``X`` is the layer input *before* ``lora_dropout`` and ``Δ`` the gradient of
@@ -89,6 +91,13 @@ class PeftLoRALayer(LoRALayer):
         super().__init__(name, module, A, B)
         self.adapter = adapter
         self.fan_in_fan_out = bool(getattr(module, "fan_in_fan_out", False))
+        #: ``True``: ``U = s·B`` (``peft_scaling="fold"``); ``False``: ``U = B`` (``"ignore"``).
+        self.fold = True
+
+    @property
+    def ignored_scaling(self):
+        """``s`` when the factors leave it out (``peft_scaling="ignore"``), else 1."""
+        return 1.0 if self.fold else self.scaling
 
     @property
     def scaling(self):
@@ -102,14 +111,14 @@ class PeftLoRALayer(LoRALayer):
         return s
 
     def factors(self):
-        """Copies ``(U, V) = (s·B, Aᵀ)`` in the compute dtype (float32 at least)."""
+        """Copies ``(U, V) = (s·B, Aᵀ)`` in the compute dtype (``(B, Aᵀ)`` unless ``fold``)."""
         U, V = super().factors()
-        return U * self.scaling, V
+        return (U * self.scaling if self.fold else U), V
 
     @torch.no_grad()
     def write(self, U, V):
-        """``B ← U / s``, ``A ← Vᵀ`` (cast to the parameters' dtype, in place)."""
-        super().write(U / self.scaling, V)
+        """``B ← U / s`` (``B ← U`` unless ``fold``), ``A ← Vᵀ`` (parameters' dtype, in place)."""
+        super().write((U / self.scaling if self.fold else U), V)
 
     def __repr__(self):
         return (

@@ -189,9 +189,17 @@ def lowrank_metric_pairs(state, step, group):
     )
 
 
+def clipped_rows(grad, group):
+    """``(X, Δ)`` with the clip factor c on Δ (the project's choice) or on X
+    (``clip_side="input"``, the authors'), for the metric statistics."""
+    if group.get("clip_side", "output") == "input":
+        return grad.scale * grad.X, grad.Delta
+    return grad.X, grad.scale * grad.Delta
+
+
 def _lowrank_batch_terms(grad, group):
     """``(c, A, B)`` with ``c·ABᵀ`` the batch statistic of each side (inner dimension N)."""
-    X, D = grad.X, grad.scale * grad.Delta
+    X, D = clipped_rows(grad, group)
     N = X.shape[0]
     s = float(N) if group["reduction"] == "mean" else 1.0 / N
     if group["metric"] == "kfac":
@@ -204,8 +212,7 @@ def batch_statistics(grad, group):  # diagonal and dense metrics
     fn = dense_statistics if group.get("metric_type", "diagonal") == "dense" else (
         diagonal_statistics
     )
-    return fn(grad.X, grad.scale * grad.Delta, kind=group["metric"],
-              reduction=group["reduction"])
+    return fn(*clipped_rows(grad, group), kind=group["metric"], reduction=group["reduction"])
 
 
 def metric_pair(stat, group):

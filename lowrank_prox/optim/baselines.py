@@ -6,13 +6,18 @@ Plain LoRA (SGD/AdamW on ``lora_A``, ``lora_B``) and full fine-tuning need no cl
 
 from __future__ import annotations
 
+from functools import partial
+
+import torch
+
 from .. import _validate, _xp
 from ..factored import LowRankSum
 from ..svd import truncated_svd
 from ._base import LoRAOptimizer
 from ._base import ridge_gram as _gram
+from ._published import check_eps_mode, resolve
 
-__all__ = ["RPLoRA", "SVDLoRA"]
+__all__ = ["RPLoRA", "RuleOptimizer", "SVDLoRA"]
 
 _RULES = ("sgd", "adam", "adamw")
 
@@ -43,12 +48,18 @@ def _rule_step(W, g, state, key, group, step):
     """One SGD(-momentum) or Adam(W) update of ``W`` with gradient ``g``, torch.optim's rules.
 
     Returns ``(W_new, entries)`` where ``entries`` are the new state tensors under ``key``-
-    prefixed names; nothing is modified in place.
+    prefixed names; nothing is modified in place.  Weight decay δ is L2 (``g + δW``) for "sgd"
+    and "adam" and decoupled (``W ← (1 − ηδ)W`` before the step) for "adamw" or when
+    ``group["decoupled_weight_decay"]``.  Adam's denominator is ``√(v/(1−β2ᵗ)) + ε``, or with
+    ``group["eps_mode"] == "raw"`` ``√v + ε`` with the step ``η√(1−β2ᵗ)/(1−β1ᵗ)``.
     """
     lr, wd = group["lr"], group["weight_decay"]
+    decoupled = group["optimizer"] == "adamw" or group.get("decoupled_weight_decay", False)
+    if wd and not decoupled:
+        g = g + wd * W
+    if wd and decoupled:
+        W = W * (1.0 - lr * wd)
     if group["optimizer"] == "sgd":
-        if wd:
-            g = g + wd * W
         mu, d = group["momentum"], group["dampening"]
         if mu == 0:
             return W - lr * g, {}
@@ -56,18 +67,55 @@ def _rule_step(W, g, state, key, group, step):
         buf = g.clone() if buf is None else mu * buf + (1.0 - d) * g
         return W - lr * buf, {key + "momentum_buffer": buf}
     b1, b2 = group["betas"]
-    if wd and group["optimizer"] == "adam":
-        g = g + wd * W
-    if wd and group["optimizer"] == "adamw":
-        W = W * (1.0 - lr * wd)
     m = state.get(key + "exp_avg")
     v = state.get(key + "exp_avg_sq")
     m = (1.0 - b1) * g if m is None else b1 * m + (1.0 - b1) * g
     v = (1.0 - b2) * g * g if v is None else b2 * v + (1.0 - b2) * g * g
     t = step + 1
-    denom = (v / (1.0 - b2**t)).sqrt() + group["eps"]
-    W = W - (lr / (1.0 - b1**t)) * m / denom
+    bc1, bc2 = 1.0 - b1**t, 1.0 - b2**t
+    if group.get("eps_mode", "corrected") == "raw":
+        W = W - (lr * bc2**0.5 / bc1) * m / (v.sqrt() + group["eps"])
+    else:
+        W = W - (lr / bc1) * m / ((v / bc2).sqrt() + group["eps"])
     return W, {key + "exp_avg": m, key + "exp_avg_sq": v}
+
+
+class RuleOptimizer(torch.optim.Optimizer):
+    """``torch.optim`` wrapper of the factor rule :func:`_rule_step` (SGD-momentum or Adam(W)).
+
+    The authors' ``sgd_step_`` / ``adam_step_`` for the non-LoRA parameters (``other_rule="same"``
+    of :class:`RPLoRA`, ``other_eps_mode="raw"`` of :class:`ScaledPSILoRA`).  Keywords: ``lr``,
+    ``optimizer`` ("sgd", "adam", "adamw"), ``momentum``, ``dampening``, ``betas``, ``eps``,
+    ``weight_decay``, ``decoupled_weight_decay``, ``eps_mode``; state per parameter ``step``
+    and ``momentum_buffer`` or ``exp_avg``/``exp_avg_sq``.
+    """
+
+    def __init__(self, params, *, lr, optimizer="sgd", momentum=0.0, dampening=0.0,
+                 betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, decoupled_weight_decay=False,
+                 eps_mode="corrected"):
+        rule = _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay)
+        rule["decoupled_weight_decay"] = _validate.check_bool(
+            decoupled_weight_decay, "decoupled_weight_decay"
+        )
+        rule["eps_mode"] = check_eps_mode(eps_mode)
+        super().__init__(params, {"lr": _validate.check_real(lr, "lr", low=0.0), **rule})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                t = state.get("step", 0)
+                W, entries = _rule_step(p, p.grad, state, "", group, t)
+                p.copy_(W)
+                state.update(entries, step=t + 1)
+        return loss
 
 
 class SVDLoRA(LoRAOptimizer):
@@ -192,7 +240,36 @@ class RPLoRA(LoRAOptimizer):
         As :class:`SVDLoRA` (state ``U_*``/``V_*`` of factor size).
     max_grad_norm, other_optimizer, other_momentum, other_dampening
         As :class:`LoRAOptimizer`.
+    decoupled_weight_decay : bool or None
+        Default False: weight decay δ is L2 for "sgd" and "adam" (torch.optim's SGD and Adam),
+        decoupled for "adamw".  True decouples it for every rule, ``W ← (1 − ηδ)W − η·step``
+        (the authors' ``sgd_step_``/``adam_step_``; "adam" then equals "adamw").
+    eps_mode : {"corrected", "raw"} or None
+        Adam's ε placement.  Default "corrected": ``η m̂/(√v̂ + ε)`` with both moments
+        bias-corrected (torch.optim.Adam).  "raw": ``η√(1−β2ᵗ)/(1−β1ᵗ) · m/(√v + ε)``
+        (Kingma & Ba's efficient form, the authors' ``adam_step_``), i.e. ε is effectively
+        ``ε/√(1−β2ᵗ)``, larger in the first ~1/(1−β2) steps.
+    gram_jitter : float or None
+        ε' ≥ 0 added to both ``r × r`` Grams, ``(VᵀV + (λ + ε')I)⁻¹`` (default 0; the authors'
+        Cholesky solves add 1e-6).
+    other_rule : {"sgd", "same"} or None
+        Default optimizer of the other trainable parameters when ``other_optimizer`` is None:
+        "sgd" (default) is torch.optim.SGD with ``lr``, ``other_momentum``, ``other_dampening``;
+        "same" applies this optimizer's own rule (``optimizer``, ``momentum``, ``betas``,
+        ``eps``, ``weight_decay`` and the two options above) to them, as the authors do
+        (:class:`RuleOptimizer`).
+    peft_scaling : {"fold", "ignore"} or None
+        As :class:`LoRAOptimizer`; default "fold".
+    preset : {None, "published"}
+        ``"published"`` sets every option above that is left at None to the authors' value
+        (``decoupled_weight_decay=True``, ``eps_mode="raw"``, ``gram_jitter=1e-6``,
+        ``other_rule="same"``, ``peft_scaling="ignore"``); an explicit keyword wins.
     """
+
+    _PROJECT = {"decoupled_weight_decay": False, "eps_mode": "corrected", "gram_jitter": 0.0,
+                "other_rule": "sgd", "peft_scaling": "fold"}
+    _PUBLISHED = {"decoupled_weight_decay": True, "eps_mode": "raw", "gram_jitter": 1e-6,
+                  "other_rule": "same", "peft_scaling": "ignore"}
 
     def __init__(
         self,
@@ -210,9 +287,28 @@ class RPLoRA(LoRAOptimizer):
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        decoupled_weight_decay=None,
+        eps_mode=None,
+        gram_jitter=None,
+        other_rule=None,
+        peft_scaling=None,
+        preset=None,
     ):
         ridge = _validate.check_real(ridge, "ridge", low=0.0)
         defaults = _check_rule(optimizer, momentum, dampening, betas, eps, weight_decay)
+        opts = resolve(preset, {
+            "decoupled_weight_decay": decoupled_weight_decay, "eps_mode": eps_mode,
+            "gram_jitter": gram_jitter, "other_rule": other_rule, "peft_scaling": peft_scaling,
+        }, self._PROJECT, self._PUBLISHED)
+        defaults["decoupled_weight_decay"] = _validate.check_bool(
+            opts["decoupled_weight_decay"], "decoupled_weight_decay"
+        )
+        defaults["eps_mode"] = check_eps_mode(opts["eps_mode"])
+        defaults["gram_jitter"] = _validate.check_real(opts["gram_jitter"], "gram_jitter", low=0.0)
+        _validate.check_choice(opts["other_rule"], "other_rule", ("sgd", "same"))
+        if other_optimizer is None and opts["other_rule"] == "same":
+            rule = {k: v for k, v in defaults.items() if k != "gram_jitter"}
+            other_optimizer = partial(RuleOptimizer, lr=lr, **rule)
         super().__init__(
             model,
             lr,
@@ -221,6 +317,7 @@ class RPLoRA(LoRAOptimizer):
             other_optimizer=other_optimizer,
             other_momentum=defaults["momentum"] if other_momentum is None else other_momentum,
             other_dampening=defaults["dampening"] if other_dampening is None else other_dampening,
+            peft_scaling=opts["peft_scaling"],
         )
 
     def _ridge(self, group):
@@ -230,9 +327,9 @@ class RPLoRA(LoRAOptimizer):
         return {"step": 0}
 
     def _layer_step(self, layer, grad, group, state):
-        lam = self._ridge(group)
+        lam = self._ridge(group) + group.get("gram_jitter", 0.0)
         U, V = layer.factors()
-        G = grad.as_sum()
+        G = grad.as_sum(layer.ignored_scaling)  # the autograd gradients of (B, Aᵀ): s·G V, s·GᵀU
         g_U = _xp.spd_solve_right(G @ V, _gram(V, lam))
         g_V = _xp.spd_solve_right(G.T @ U, _gram(U, lam))
         step = state["step"]

@@ -5,10 +5,11 @@ The authors' ``OPLoraOptimizerFISTA`` (zeligism/PSI-LoRA, ``src/oplora/optimizer
 
 from __future__ import annotations
 
+from .. import _validate
 from ..factored import LowRankSum
 from ..lorsum import lorsum
 from ._base import LoRAOptimizer
-from .psilora import _check_common
+from .psilora import _check_common, published_options
 
 __all__ = ["PSILoRAFISTA"]
 
@@ -50,6 +51,8 @@ class PSILoRAFISTA(LoRAOptimizer):
         ``(t_k − 1)/t_{k+1}`` sequence of Beck & Teboulle).
     max_grad_norm, other_optimizer
         As :class:`LoRAOptimizer`.
+    gram_jitter, peft_scaling, preset
+        As :class:`PSILoRA` (``gram_jitter`` in both calls).
     other_momentum, other_dampening
         SGD settings of the other parameters; by default ``momentum`` and 0 (as the authors).
 
@@ -69,16 +72,23 @@ class PSILoRAFISTA(LoRAOptimizer):
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
+        gram_jitter=None,
+        peft_scaling=None,
+        preset=None,
     ):
         iters, ridge, momentum, _ = _check_common(lr, iters, ridge, momentum, 0.0)
+        pub = published_options(preset, gram_jitter=gram_jitter, peft_scaling=peft_scaling)
+        jitter = _validate.check_real(pub["gram_jitter"], "gram_jitter", low=0.0)
         super().__init__(
             model,
             lr,
-            defaults={"iters": iters, "ridge": ridge, "momentum": momentum},
+            defaults={"iters": iters, "ridge": ridge, "momentum": momentum,
+                      "gram_jitter": jitter},
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=0.0 if other_dampening is None else other_dampening,
+            peft_scaling=pub["peft_scaling"],
         )
 
     def _init_layer_state(self, layer, group):
@@ -86,14 +96,14 @@ class PSILoRAFISTA(LoRAOptimizer):
 
     def _layer_step(self, layer, grad, group, state):
         lr, mu, K = group["lr"], group["momentum"], group["iters"]
-        lam = self._ridge(group)
+        lam, eps = self._ridge(group), group.get("gram_jitter", 0.0)
         U, V = layer.factors()
         target = grad.as_sum(-lr, extra=[(1.0, U, V)])
-        Ux, Vx = lorsum(target, U, V, iters=K, ridge=lam, check_finite=False)
+        Ux, Vx = lorsum(target, U, V, iters=K, ridge=lam, gram_jitter=eps, check_finite=False)
         new_state = {**state, "step": state["step"] + 1}
         if mu == 0:
             return (Ux, Vx), new_state
         Up, Vp = state.get("prev_U", U), state.get("prev_V", V)
-        U1, V1 = extrapolate(Ux, Vx, Up, Vp, mu, iters=K, ridge=lam)
+        U1, V1 = extrapolate(Ux, Vx, Up, Vp, mu, iters=K, ridge=lam, gram_jitter=eps)
         new_state.update(prev_U=Ux, prev_V=Vx)
         return (U1, V1), new_state

@@ -8,6 +8,7 @@ from torch import nn
 from .. import _validate
 from ..geolora import geolora_step, geolora_tangent
 from ..nn.geolora import GeoLoRALinear
+from ._published import resolve
 
 __all__ = ["GeoLoRA"]
 
@@ -38,10 +39,22 @@ class GeoLoRA(torch.optim.Optimizer):
     min_rank : int, default 2
         Smallest rank kept (capped at ``min(in, out)`` of each layer).
     max_rank : int or None
-        Largest rank kept, default ``min(in, out)`` of each layer.
+        Largest rank kept, default ``min(in, out)`` of each layer (with
+        ``preset="published"``: 32, the reference layers' default, capped at ``min(in, out)``).
     momentum : float, default 0
         SGD momentum for the *other* trainable parameters (biases, heads), which get plain
         SGD(-momentum) with the same ``lr``.
+    cap_augmentation : bool or None
+        Default False: the bases are augmented to ``2r`` columns and the SVD of the ``2r × 2r``
+        coefficient matrix picks the kept directions (the paper's step).  True: augment only
+        to ``min(2r, max_rank)`` columns before the SVD, as the reference trainers do (they
+        preallocate ``max_rank`` columns; ``geolora_step(max_augmented_rank=...)``).  The two
+        differ only when ``2r > max_rank``: then the capped step drops some new directions
+        before the SVD can rank them.
+    preset : {None, "published"}
+        ``"published"``: ``cap_augmentation=True`` and ``max_rank=32`` unless given.  The
+        reference layers' ``α/r`` scaling is a layer option,
+        :class:`~lowrank_prox.nn.GeoLoRALinear` ``(alpha=...)``.
 
     Notes
     -----
@@ -50,12 +63,18 @@ class GeoLoRA(torch.optim.Optimizer):
     ``∇_V`` vanish, so the first step updates ``S`` only, as in the reference code.
     """
 
-    def __init__(self, model, lr, *, tau=0.15, min_rank=2, max_rank=None, momentum=0.0):
+    def __init__(self, model, lr, *, tau=0.15, min_rank=2, max_rank=None, momentum=0.0,
+                 cap_augmentation=None, preset=None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         lr = _validate.check_real(lr, "lr", low=0.0)
         tau = _validate.check_real(tau, "tau", low=0.0, high=1.0)
         min_rank = _validate.check_int(min_rank, "min_rank", low=1)
+        pub = resolve(preset, {"cap_augmentation": cap_augmentation, "max_rank": max_rank},
+                      {"cap_augmentation": False, "max_rank": None},
+                      {"cap_augmentation": True, "max_rank": 32})
+        cap_augmentation = _validate.check_bool(pub["cap_augmentation"], "cap_augmentation")
+        max_rank = pub["max_rank"]
         if max_rank is not None:
             max_rank = _validate.check_int(max_rank, "max_rank", low=min_rank)
         momentum = _validate.check_real(momentum, "momentum", low=0.0, high=1.0, high_open=True)
@@ -77,6 +96,7 @@ class GeoLoRA(torch.optim.Optimizer):
             "min_rank": min_rank,
             "max_rank": max_rank,
             "momentum": momentum,
+            "cap_augmentation": cap_augmentation,
         }
         super().__init__(groups, defaults)
         self._layers = layers
@@ -121,6 +141,7 @@ class GeoLoRA(torch.optim.Optimizer):
             U1, S1, V1 = geolora_step(
                 U, S, V, tangent, group["lr"], tau=group["tau"], min_rank=min_rank,
                 max_rank=max_rank, check_finite=False,
+                max_augmented_rank=max_rank if group.get("cap_augmentation") else None,
             )
             layer.set_factors(U1, S1, V1)
             for p in (U, S, V):

@@ -10,6 +10,7 @@ from ..lorsum import lorsum
 from ._base import LoRAOptimizer
 from ._base import ridge_gram as _gram
 from ._options import check_options, init_residual, quartic_shrink, residual_update
+from ._published import resolve
 
 __all__ = ["BALANCE", "PSILoRA", "ProjPSILoRA"]
 
@@ -22,6 +23,16 @@ def check_balance(balance, gram_jitter):
     """Validate the ``balance`` choice and ``gram_jitter``; return ``(balance, jitter)``."""
     _validate.check_choice(balance, "balance", BALANCE)
     return balance, _validate.check_real(gram_jitter, "gram_jitter", low=0.0)
+
+
+#: This project's choices and the authors' (``preset="published"``) for the PSI-LoRA family.
+PROJECT = {"balance": DEFAULT_BALANCE, "gram_jitter": 0.0, "peft_scaling": "fold"}
+PUBLISHED = {"balance": "none", "gram_jitter": 1e-6, "peft_scaling": "ignore"}
+
+
+def published_options(preset, **given):
+    """``given`` (options left at None) filled from :data:`PUBLISHED` or :data:`PROJECT`."""
+    return resolve(preset, given, PROJECT, PUBLISHED)
 
 
 def balanced(U, V, *, metric_in=None, metric_out=None):
@@ -125,13 +136,21 @@ class PSILoRA(LoRAOptimizer):
         ``M_U = 0``, ``M_V ~ N(0, 1)``) and the fixed λ then dominates the momentum U-step.
         ``"none"`` is the published algorithm.  The default was chosen from measurements
         (README, "Gauge"): on the linear task it removes PSI-LoRA ×1's late divergence and
-        it is independent of the problem's scale, unlike a jitter.
-    gram_jitter : float, default 0
-        ε ≥ 0 added to every Gram solve of both LoRSum calls (:func:`lowrank_prox.lorsum`).
-        The authors' code uses ε = 1e-6: with ``balance="none", gram_jitter=1e-6`` this
-        optimizer reproduces their runs.  On an unbalanced momentum pair (``M_VᵀM_V ≪ λ``)
-        the jitter shrinks ``M_U`` by ``λ/(λ + ε)`` per step, an accidental stabiliser whose
-        effect depends on the problem's scale.
+        it is independent of the problem's scale, unlike a jitter.  None: "momentum" (or
+        the preset's "none").
+    gram_jitter : float or None
+        ε ≥ 0 added to every Gram solve of both LoRSum calls (:func:`lowrank_prox.lorsum`),
+        default 0.  The authors' code uses ε = 1e-6: with ``preset="published"`` (or
+        ``balance="none", gram_jitter=1e-6``) this optimizer reproduces their runs.  On an
+        unbalanced momentum pair (``M_VᵀM_V ≪ λ``) the jitter shrinks ``M_U`` by
+        ``λ/(λ + ε)`` per step, an accidental stabiliser whose effect depends on the
+        problem's scale.
+    peft_scaling : {"fold", "ignore"} or None
+        As :class:`~lowrank_prox.optim.LoRAOptimizer`; default "fold" (the preset: "ignore").
+    preset : {None, "published"}
+        ``"published"`` sets the options above that are left at None to the authors' values
+        (``balance="none"``, ``gram_jitter=1e-6``, ``peft_scaling="ignore"``;
+        :mod:`lowrank_prox.optim._published`); an explicit keyword wins.
     other_optimizer, other_momentum, other_dampening
         Optimizer of the other trainable parameters; by default SGD with ``lr``, ``momentum``
         and ``dampening``.
@@ -168,17 +187,21 @@ class PSILoRA(LoRAOptimizer):
         quartic_sigma=1e-3,
         quartic_alpha=1e-2,
         quartic_gamma=1e-2,
-        balance=DEFAULT_BALANCE,
-        gram_jitter=0.0,
+        balance=None,
+        gram_jitter=None,
         other_optimizer=None,
         other_momentum=None,
         other_dampening=None,
         diagnostics=False,
+        peft_scaling=None,
+        preset=None,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
         options = check_options(use_momentum_residual, residual_rank, momentum, quartic_kernel,
                                 quartic_sigma, quartic_alpha, quartic_gamma)
-        balance, gram_jitter = check_balance(balance, gram_jitter)
+        pub = published_options(preset, balance=balance, gram_jitter=gram_jitter,
+                                peft_scaling=peft_scaling)
+        balance, gram_jitter = check_balance(pub["balance"], pub["gram_jitter"])
         if momentum_rank is not None:
             momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
         momentum_ridge = ridge if momentum_ridge is None else _validate.check_real(
@@ -205,6 +228,7 @@ class PSILoRA(LoRAOptimizer):
             other_optimizer=other_optimizer,
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
+            peft_scaling=pub["peft_scaling"],
         )
         self._attach_diagnostics(diagnostics)
 
@@ -272,9 +296,11 @@ class ProjPSILoRA(LoRAOptimizer):
        ``U ← U' − ημ b̃_U``, ``V ← V' − ημ b̃_V``.
 
     Memory: two buffers and two previous factors (≈ 5× the LoRA parameters).  Parameters as
-    :class:`PSILoRA` (no ``momentum_rank``).  ``iters=0`` makes step 1 the Jacobi step (not a
-    no-op as in the reference code, paper.md §6.1).  ``diagnostics`` as in :class:`PSILoRA`;
-    only step 1 is a LoRSum call (``"step"``): the momentum lives in factor space.
+    :class:`PSILoRA` (no ``momentum_rank``, ``balance``); ``gram_jitter`` also enters the
+    preconditioner and transport Grams (``+ (λ + ε)I``, as the authors' solves).  ``iters=0``
+    makes step 1 the Jacobi step (not a no-op as in the reference code, paper.md §6.1).
+    ``diagnostics`` as in :class:`PSILoRA`; only step 1 is a LoRSum call (``"step"``): the
+    momentum lives in factor space.
     """
 
     def __init__(
@@ -291,16 +317,23 @@ class ProjPSILoRA(LoRAOptimizer):
         other_momentum=None,
         other_dampening=None,
         diagnostics=False,
+        gram_jitter=None,
+        peft_scaling=None,
+        preset=None,
     ):
         iters, ridge, momentum, dampening = _check_common(lr, iters, ridge, momentum, dampening)
+        pub = published_options(preset, gram_jitter=gram_jitter, peft_scaling=peft_scaling)
+        jitter = _validate.check_real(pub["gram_jitter"], "gram_jitter", low=0.0)
         super().__init__(
             model,
             lr,
-            defaults={"iters": iters, "ridge": ridge, "momentum": momentum, "dampening": dampening},
+            defaults={"iters": iters, "ridge": ridge, "momentum": momentum, "dampening": dampening,
+                      "gram_jitter": jitter},
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
             other_momentum=momentum if other_momentum is None else other_momentum,
             other_dampening=dampening if other_dampening is None else other_dampening,
+            peft_scaling=pub["peft_scaling"],
         )
         self._attach_diagnostics(diagnostics)
 
@@ -309,17 +342,17 @@ class ProjPSILoRA(LoRAOptimizer):
 
     def _layer_step(self, layer, grad, group, state):
         lr, mu, d, K = group["lr"], group["momentum"], group["dampening"], group["iters"]
-        lam = self._ridge(group)
+        lam, eps = self._ridge(group), group.get("gram_jitter", 0.0)
         U, V = layer.factors()
         target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
-        Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, check_finite=False)
+        Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, gram_jitter=eps, check_finite=False)
         new_state = {**state, "step": state["step"] + 1}
         self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam,
                        step=new_state["step"])
         if mu == 0:
             return (Up, Vp), new_state
         G = grad.as_sum()
-        gram_V, gram_U = _gram(Vp, lam), _gram(Up, lam)
+        gram_V, gram_U = _gram(Vp, lam + eps), _gram(Up, lam + eps)
         g_U = _xp.spd_solve_right(G @ Vp, gram_V)
         g_V = _xp.spd_solve_right(G.T @ Up, gram_U)
         if "buffer_U" not in state:

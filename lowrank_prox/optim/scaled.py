@@ -12,8 +12,10 @@ from ..metrics import KINDS, REDUCTIONS
 from ..scaled import scaled_lorsum
 from . import _scaled_options as _opt
 from ._base import LoRAOptimizer
+from ._published import check_eps_mode, resolve
+from .baselines import RuleOptimizer
 from .fista import extrapolate
-from .psilora import DEFAULT_BALANCE, balanced, check_balance, momentum_call
+from .psilora import PROJECT, PUBLISHED, balanced, check_balance, momentum_call
 
 __all__ = ["ScaledPSILoRA"]
 
@@ -74,7 +76,7 @@ class ScaledPSILoRA(LoRAOptimizer):
         How the loss is reduced over rows (scales the statistics, SPEC §7).
     init_metric_scale : float, default 1.0
         Initial value of ``a`` and ``g`` when ``bias_correction=False``.
-    bias_correction : bool, default True
+    bias_correction : bool or None, default None (True)
         Start the metric EMAs at 0 and divide by ``1 − β2^t`` (Adam's rule), so the metric is the
         running mean of the batch statistics from the first step.  ``False`` is the reference
         code's convention (EMA started at ``init_metric_scale``, no correction).  Why the default
@@ -97,6 +99,29 @@ class ScaledPSILoRA(LoRAOptimizer):
         algorithm.
     gram_jitter : float, default 0
         ε ≥ 0 added to every Gram solve of both calls (the authors' code: 1e-6).
+    momentum_min_ridge : float or None
+        Lower bound of the momentum call's λ, default ``min_ridge``; the authors' momentum
+        call has none (``λ = η·λ0``, their value 0).
+    clip_side : {"output", "input"} or None
+        Which rows carry the clipping factor c in the metric statistics (the step's ``G`` is
+        ``c·ΔᵀX`` either way).  Default "output": ``Δ ← cΔ``, the output gradients of the
+        clipped loss; the input statistic ``a`` is the activations', independent of the
+        gradient's norm.  "input": ``X ← cX`` (the authors' ``clip_grads_``), so the K-FAC
+        ``a`` gets ``c²`` and ``g`` does not.  Shampoo statistics get ``c²`` on both sides
+        either way.
+    other_eps_mode : {"corrected", "raw"} or None
+        ε placement of the default Adam of the other parameters: "corrected" (default,
+        torch.optim.AdamW) or "raw" (the authors' ``adam_step_``,
+        :class:`~lowrank_prox.optim.baselines.RuleOptimizer`; see RPLoRA's ``eps_mode``).
+    peft_scaling : {"fold", "ignore"} or None
+        As :class:`~lowrank_prox.optim.LoRAOptimizer`; default "fold".
+    preset : {None, "published"}
+        ``"published"`` sets the options left at None to the authors' values:
+        ``bias_correction=False``, ``balance="none"``, ``gram_jitter=1e-6``,
+        ``momentum_min_ridge=0``, ``clip_side="input"``, ``other_eps_mode="raw"``,
+        ``peft_scaling="ignore"``; an explicit keyword wins.  ``bias_correction``,
+        ``balance`` and ``gram_jitter`` default to None for this reason (project values
+        True, "momentum", 0).
     other_lr : float, default 1e-4
         Learning rate of Adam(W) for the other trainable parameters (betas (0.9, 0.999),
         eps 1e-8, ``other_weight_decay``); it follows the LoRA group's schedule.
@@ -154,11 +179,11 @@ class ScaledPSILoRA(LoRAOptimizer):
         min_ridge=1e-5,
         reduction="mean",
         init_metric_scale=1.0,
-        bias_correction=True,
+        bias_correction=None,
         max_grad_norm=None,
         seed=None,
-        balance=DEFAULT_BALANCE,
-        gram_jitter=0.0,
+        balance=None,
+        gram_jitter=None,
         other_lr=1e-4,
         other_weight_decay=0.0,
         other_optimizer=None,
@@ -170,9 +195,22 @@ class ScaledPSILoRA(LoRAOptimizer):
         beta2_warmup=False,
         momentum_mode="normal",
         diagnostics=False,
+        momentum_min_ridge=None,
+        clip_side=None,
+        other_eps_mode=None,
+        peft_scaling=None,
+        preset=None,
     ):
         iters = _validate.check_int(iters, "iters", low=0)
-        balance, gram_jitter = check_balance(balance, gram_jitter)
+        pub = resolve(preset, {
+            "balance": balance, "gram_jitter": gram_jitter, "peft_scaling": peft_scaling,
+            "bias_correction": bias_correction, "momentum_min_ridge": momentum_min_ridge,
+            "clip_side": clip_side, "other_eps_mode": other_eps_mode,
+        }, self._PROJECT, self._PUBLISHED)
+        balance, gram_jitter = check_balance(pub["balance"], pub["gram_jitter"])
+        bias_correction = pub["bias_correction"]
+        clip_side = _validate.check_choice(pub["clip_side"], "clip_side", ("output", "input"))
+        other_eps_mode = check_eps_mode(pub["other_eps_mode"], "other_eps_mode")
         ridge = _validate.check_real(ridge, "ridge", low=0.0)
         if not isinstance(betas, tuple | list) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2); got {betas!r}")
@@ -184,6 +222,8 @@ class ScaledPSILoRA(LoRAOptimizer):
         if momentum_rank is not None:
             momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
         min_ridge = _validate.check_real(min_ridge, "min_ridge", low=0.0)
+        momentum_min_ridge = min_ridge if pub["momentum_min_ridge"] is None else (
+            _validate.check_real(pub["momentum_min_ridge"], "momentum_min_ridge", low=0.0))
         _validate.check_choice(reduction, "reduction", REDUCTIONS)
         init_metric_scale = _validate.check_real(
             init_metric_scale, "init_metric_scale", low=0.0, low_open=True
@@ -197,6 +237,10 @@ class ScaledPSILoRA(LoRAOptimizer):
                                      momentum_mode, power, balance)
         other_lr = _validate.check_real(other_lr, "other_lr", low=0.0)
         other_weight_decay = _validate.check_real(other_weight_decay, "other_weight_decay", low=0.0)
+        if other_optimizer is None and other_eps_mode == "raw":
+            other_optimizer = partial(RuleOptimizer, optimizer="adamw", lr=other_lr,
+                                      betas=(0.9, 0.999), eps=1e-8,
+                                      weight_decay=other_weight_decay, eps_mode="raw")
         if other_optimizer is None:
             other_optimizer = partial(
                 torch.optim.AdamW,
@@ -224,11 +268,19 @@ class ScaledPSILoRA(LoRAOptimizer):
                 "gram_jitter": gram_jitter,
                 "bias_correction": bias_correction,
                 **options,
+                "momentum_min_ridge": momentum_min_ridge,
+                "clip_side": clip_side,
             },
             max_grad_norm=max_grad_norm,
             other_optimizer=other_optimizer,
+            peft_scaling=pub["peft_scaling"],
         )
         self._attach_diagnostics(diagnostics)
+
+    _PROJECT = {**PROJECT, "bias_correction": True, "momentum_min_ridge": None,
+                "clip_side": "output", "other_eps_mode": "corrected"}
+    _PUBLISHED = {**PUBLISHED, "bias_correction": False, "momentum_min_ridge": 0.0,
+                  "clip_side": "input", "other_eps_mode": "raw"}
 
     def _ridge(self, group):
         """λ = max(η·λ0, min_ridge) with the scheduled η (SPEC §7)."""
@@ -316,9 +368,10 @@ class ScaledPSILoRA(LoRAOptimizer):
 
         # 3. momentum, unscaled: M ← LoRSum(β1 M + (1−β1) G)
         if has_momentum:
+            lam_m = max(lr * group["ridge"], group.get("momentum_min_ridge", group["min_ridge"]))
             M_U, M_V = momentum_call(self, layer,
                                      grad.as_sum(1.0 - beta1, extra=[(beta1, M_U, M_V)]),
-                                     M_U, M_V, iters=K, ridge=lam, gram_jitter=eps, step=t)
+                                     M_U, M_V, iters=K, ridge=lam_m, gram_jitter=eps, step=t)
             if where in ("momentum", "both"):
                 M_U, M_V = balanced(M_U, M_V)
             new_state["momentum_U"], new_state["momentum_V"] = M_U, M_V
