@@ -506,25 +506,36 @@ class LoRAOptimizer(torch.optim.Optimizer):
         if not finite:
             return self._skip("a captured or other gradient contains NaN/Inf")
 
-        clip = self.param_groups[0]["max_grad_norm"]
-        coef = 1.0
-        if clip is not None or self.track_grad_norm:
-            total = sum(g.to(layer.dtype).norm_sq() for layer, g, _ in work)
-            total += sum(r.norm_sq or 0.0 for r in ready)
-            total += sum(float(p.grad.double().pow(2).sum()) for p in others)
-            self.last_grad_norm = total**0.5
-            if clip is not None:
-                coef = min(1.0, clip / (total**0.5 + 1e-6))
-                for _, g, _ in work:
-                    g.scale = coef
-
+        coef = self._clip(work, [p.grad for p in others], ready)
         results = ready
         for layer, grad, group in work:
             results.append(self._compute(layer, grad, group))
         del work
         if not all(r.update_is_finite() for r in results):
             return self._skip("an update is not finite")
+        self._commit(results, others, coef)
 
+    def _clip(self, work, other_grads, ready=()):
+        """Global clipping factor of one gradient (sets ``last_grad_norm`` and each ``g.scale``).
+
+        ``‖g‖² = Σ_layers ‖G‖² + Σ ‖other grad‖²``; the factor is ``min(1, c/(‖g‖ + 1e-6))``
+        without clipping 1.  ``work`` as :meth:`_captured_work`, ``other_grads`` tensors.
+        """
+        clip = self.param_groups[0]["max_grad_norm"]
+        coef = 1.0
+        if clip is not None or self.track_grad_norm:
+            total = sum(g.to(layer.dtype).norm_sq() for layer, g, _ in work)
+            total += sum(r.norm_sq or 0.0 for r in ready)
+            total += sum(float(t.double().pow(2).sum()) for t in other_grads)
+            self.last_grad_norm = total**0.5
+            if clip is not None:
+                coef = min(1.0, clip / (total**0.5 + 1e-6))
+                for _, g, _ in work:
+                    g.scale = coef
+        return coef
+
+    def _commit(self, results, others, coef):
+        """Write finite ``results`` and step the other parameters (their ``.grad`` times coef)."""
         for r in results:
             r.layer.write(r.U, r.V)
             self.state[r.layer.B] = r.state
