@@ -37,11 +37,18 @@ def vr_coefficients(variant, mu, gamma, kappa=1.0):
     return mu, kappa * (1.0 - mu + gamma * mu), -kappa * gamma * mu
 
 
-def mars_kappa(norm, clip):
-    """``min(1, clip/‖c_t‖)`` (1 when ``clip`` is None or ``c_t = 0``)."""
-    if clip is None or norm <= clip:
-        return 1.0
-    return clip / norm
+def group_coefficients(group, c_norm):
+    """``(c_d, c_g, c_p)`` of a param group; ``c_norm(w)`` returns ``‖(1 + w) g_t − w g_p‖``.
+
+    MARS with ``mars_clip`` c: ``κ = min(1, c/‖c_t‖)``, ``c_t = g_t + w (g_t − g_p)``,
+    ``w = γβ/(1−β)``; otherwise κ = 1 (and ``c_norm`` is not called).
+    """
+    mu, gamma, clip = group["momentum"], group["correction_strength"], group["mars_clip"]
+    kappa = 1.0
+    if group["variant"] == "mars" and clip is not None:
+        norm = c_norm(gamma * mu / (1.0 - mu))
+        kappa = 1.0 if norm <= clip else clip / norm
+    return vr_coefficients(group["variant"], mu, gamma, kappa)
 
 
 class _GradPair:
@@ -125,6 +132,9 @@ class PSILoRAVR(LoRAOptimizer):
     outside the closure.  A NaN/Inf in either gradient or in the update skips the step with
     parameters and state unchanged.
     """
+
+    #: ``step`` must be given a closure (read by training loops such as the linear task's).
+    requires_closure = True
 
     def __init__(
         self,
@@ -318,34 +328,20 @@ class PSILoRAVR(LoRAOptimizer):
 
     def _dense_estimate(self, p, g, g_prev):
         """``d ← c_d d + c_g g_t + c_p g_p`` of one other parameter, and its ``x_{t−1} = p``."""
-        group = self.param_groups[0]
-        mu, gamma = group["momentum"], group["correction_strength"]
+        c_d, c_g, c_p = group_coefficients(
+            self.param_groups[0], lambda w: float(((1.0 + w) * g - w * g_prev).norm())
+        )
         st = self._vr_other.get(id(p))
-        kappa = 1.0
-        if group["variant"] == "mars" and group["mars_clip"] is not None:
-            w = gamma * mu / (1.0 - mu)
-            kappa = mars_kappa(float(((1.0 + w) * g - w * g_prev).norm()), group["mars_clip"])
-        c_d, c_g, c_p = vr_coefficients(group["variant"], mu, gamma, kappa)
         d = c_g * g + c_p * g_prev
         if st is not None:
             d = d + c_d * st["buffer"]
         return {"prev": p.detach().clone(), "buffer": d}
 
-    def _coefficients(self, group, pair):
-        """The layer's ``(c_d, c_g, c_p)``, with MARS's κ from ``‖c_t‖`` of this layer."""
-        mu, gamma = group["momentum"], group["correction_strength"]
-        kappa = 1.0
-        if group["variant"] == "mars" and group["mars_clip"] is not None:
-            w = gamma * mu / (1.0 - mu)
-            c_t = LowRankSum([pair.current.term(1.0 + w), pair.previous.term(-w)],
-                             check_finite=False)
-            kappa = mars_kappa(c_t.norm(), group["mars_clip"])
-        return vr_coefficients(group["variant"], mu, gamma, kappa)
-
     def _layer_step(self, layer, grad, group, state):
         lr, K, mu = group["lr"], group["iters"], group["momentum"]
         lam, eps = self._ridge(group), group["gram_jitter"]
-        c_d, c_g, c_p = self._coefficients(group, grad)
+        c_d, c_g, c_p = group_coefficients(group, lambda w: LowRankSum(
+            [grad.current.term(1.0 + w), grad.previous.term(-w)], check_finite=False).norm())
         if grad.previous is grad.current:  # first step: G_p = G_t
             d_terms = [grad.current.term(c_g + c_p)]
         else:
