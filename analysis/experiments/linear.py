@@ -198,7 +198,8 @@ def run_linear(config, make_optimizer, seed=0, *, make_model=None, target_scale=
     """Train one model on the linear task; return a :class:`LinearRun` (per-epoch excess).
 
     ``make_optimizer(model)`` builds the optimizer; the loop is
-    ``zero_grad(); loss.backward(); step()`` with the sum-reduced MSE of each mini-batch.
+    ``zero_grad(); loss.backward(); step()`` (``step(closure)`` for an optimizer with
+    ``requires_closure``) with the sum-reduced MSE of each mini-batch.
     Batches are drawn by a generator seeded with ``seed`` (full batch: no shuffling).
     ``target_scale`` multiplies the targets ``W*`` and the initial adapter (so the problem is
     the same up to scale; the excess is reported divided by ``target_scale²``, so runs at
@@ -230,10 +231,18 @@ def run_linear(config, make_optimizer, seed=0, *, make_model=None, target_scale=
         order = torch.arange(n) if bs == n else torch.randperm(n, generator=gen)
         for i in range(0, n, bs):
             idx = order[i : i + bs]
-            opt.zero_grad()
-            loss = ((model(X[idx]) - Y[idx]) ** 2).sum()
-            loss.backward()
-            opt.step()
+
+            def closure(idx=idx):
+                opt.zero_grad()
+                loss = ((model(X[idx]) - Y[idx]) ** 2).sum()
+                loss.backward()
+                return loss
+
+            if getattr(opt, "requires_closure", False):  # PSILoRAVR: two evaluations per step
+                opt.step(closure)
+            else:
+                closure()
+                opt.step()
         excess.append(excess_loss(model, data) / c**2)
         imbalance.append(_momentum_imbalance(opt))
         adapter.append(_adapter_imbalance(model))

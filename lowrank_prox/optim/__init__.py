@@ -24,6 +24,7 @@ from .fista import PSILoRAFISTA
 from .geolora import GeoLoRA
 from .psilora import ProjPSILoRA, PSILoRA
 from .scaled import ScaledPSILoRA
+from .vr import PSILoRAVR
 
 __all__ = [
     "CapturedGradient",
@@ -33,6 +34,7 @@ __all__ = [
     "NonFiniteStepWarning",
     "PSILoRA",
     "PSILoRAFISTA",
+    "PSILoRAVR",
     "ProjPSILoRA",
     "RPLoRA",
     "SVDLoRA",

@@ -53,7 +53,7 @@ from torch import nn
 
 from .. import _validate
 from ..factored import LowRankSum
-from ._capture import GradientCapture
+from ._capture import ACCUMULATION, GradientCapture
 
 __all__ = [
     "CapturedGradient",
@@ -430,6 +430,48 @@ class LoRAOptimizer(torch.optim.Optimizer):
         for layer in self._layers:
             layer.capture.clear(completed_only=True)
 
+    #: The gradient-accumulation mode (see :meth:`set_accumulation`).
+    accumulation = "concat"
+    accumulation_rank = None
+
+    def set_accumulation(self, method="concat", rank=None, *, iters=2, seed=None):
+        """Choose how the captured rows of several backward passes are accumulated; returns self.
+
+        ``"concat"`` (default) keeps every row: the captured ``G = Σ_passes ΔᵀX`` is exact, as
+        ``.grad``.  The compressions keep at most ``rank`` rows per layer between backward
+        passes (the authors' ``grad_compression_method``; formulas and guarantees in
+        :mod:`lowrank_prox.optim._capture`): ``"lorsum"`` (rank-k LoRSum of ``G``, λ = 0,
+        deterministic, error ≥ the SVD tail), ``"sample"`` (importance-sampled, reweighted
+        rows), ``"sketch"`` (Rademacher sketch), ``"centred_sketch"`` (sketch of the centred
+        rows plus the mean row); the last three are unbiased, ``E[G'] = G``.
+
+        Parameters
+        ----------
+        method : {"concat", "lorsum", "sample", "sketch", "centred_sketch"}
+        rank : int or None
+            k ≥ 1 (≥ 2 for ``"centred_sketch"``); default the row count of the first pass
+            after each ``step``/``zero_grad`` (the authors' budget: one batch).  With
+            ``k ≥ min(in, out)`` a layer's ``G`` is stored exactly.
+        iters : int, default 2
+            LoRSum iterations K of ``"lorsum"``.
+        seed : int or None
+            Seed of the random compressions (default torch's global generator).  The
+            generator's state is not part of ``state_dict``.
+        """
+        _validate.check_choice(method, "method", ACCUMULATION)
+        if rank is not None:
+            rank = _validate.check_int(rank, "rank", low=2 if method == "centred_sketch" else 1)
+        iters = _validate.check_int(iters, "iters", low=0)
+        if seed is not None:
+            seed = _validate.check_int(seed, "seed")
+        generator = None if seed is None else torch.Generator().manual_seed(seed)
+        for layer in self._layers:
+            cap = layer.capture
+            cap.accumulation, cap.accumulation_rank = method, rank
+            cap.accumulation_iters, cap.generator = iters, generator
+        self.accumulation, self.accumulation_rank = method, rank
+        return self
+
     def remove_hooks(self):
         """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
         for layer in self._layers:
@@ -540,25 +582,36 @@ class LoRAOptimizer(torch.optim.Optimizer):
         if not finite:
             return self._skip("a captured or other gradient contains NaN/Inf")
 
-        clip = self.param_groups[0]["max_grad_norm"]
-        coef = 1.0
-        if clip is not None or self.track_grad_norm:
-            total = sum(g.to(layer.dtype).norm_sq() for layer, g, _ in work)
-            total += sum(r.norm_sq or 0.0 for r in ready)
-            total += sum(float(p.grad.double().pow(2).sum()) for p in others)
-            self.last_grad_norm = total**0.5
-            if clip is not None:
-                coef = min(1.0, clip / (total**0.5 + 1e-6))
-                for _, g, _ in work:
-                    g.scale = coef
-
+        coef = self._clip(work, [p.grad for p in others], ready)
         results = ready
         for layer, grad, group in work:
             results.append(self._compute(layer, grad, group))
         del work
         if not all(r.update_is_finite() for r in results):
             return self._skip("an update is not finite")
+        self._commit(results, others, coef)
 
+    def _clip(self, work, other_grads, ready=()):
+        """Global clipping factor of one gradient (sets ``last_grad_norm`` and each ``g.scale``).
+
+        ``‖g‖² = Σ_layers ‖G‖² + Σ ‖other grad‖²``; the factor is ``min(1, c/(‖g‖ + 1e-6))``
+        without clipping 1.  ``work`` as :meth:`_captured_work`, ``other_grads`` tensors.
+        """
+        clip = self.param_groups[0]["max_grad_norm"]
+        coef = 1.0
+        if clip is not None or self.track_grad_norm:
+            total = sum(g.to(layer.dtype).norm_sq() for layer, g, _ in work)
+            total += sum(r.norm_sq or 0.0 for r in ready)
+            total += sum(float(t.double().pow(2).sum()) for t in other_grads)
+            self.last_grad_norm = total**0.5
+            if clip is not None:
+                coef = min(1.0, clip / (total**0.5 + 1e-6))
+                for _, g, _ in work:
+                    g.scale = coef
+        return coef
+
+    def _commit(self, results, others, coef):
+        """Write finite ``results`` and step the other parameters (their ``.grad`` times coef)."""
         for r in results:
             r.layer.write(r.U, r.V)
             self.state[r.layer.B] = r.state

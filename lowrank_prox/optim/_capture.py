@@ -12,6 +12,27 @@ mean-reduced loss already carries ``1/N_pass`` in each ``Δ``; to average over `
 passes divide each pass's loss by ``k``, as for any torch optimizer.  Backward passes through the
 same graph (``retain_graph=True``) add their ``Δ`` into the same rows.
 
+Compressed accumulation (``LoRAOptimizer.set_accumulation``; the authors'
+``grad_compression_method``).  Instead of concatenating, the completed rows can be compressed to
+``k`` rows whenever they exceed ``k`` (checked each time a call receives its gradient), so that
+at most ``k`` rows are held between backward passes (``k +`` one pass's rows transiently).
+With ``X`` (N × in), ``Δ`` (N × out) and ``G = ΔᵀX`` (:func:`compress_rows`):
+
+- ``"concat"`` (default): no compression, the exact sum;
+- ``"lorsum"``: ``(Δ'ᵀ, X'ᵀ) = LoRSum_K(G)`` at rank k, λ = 0, warm start the first k rows (the
+  rows kept so far); deterministic, error ``≥`` the SVD tail ``‖G − Π_k G‖`` and, after K
+  iterations, ``≤ tail + ‖Σ_k‖ (σ_{k+1}/σ_k)^{2K−1} tan θ_0`` (Theorem 3.1, SPEC §4);
+- ``"sample"``: k rows drawn with replacement with ``p_i ∝ ‖x_i‖‖δ_i‖`` and weighted by
+  ``1/√(k p_i)`` on both sides: ``E[Δ'ᵀX'] = G`` (the authors' ``sample_idx`` draws without
+  replacement and does not reweight, which is biased);
+- ``"sketch"``: ``X' = S X``, ``Δ' = S Δ`` with a Rademacher ``S`` (k × N) / √k, ``E[SᵀS] = I``;
+- ``"centred_sketch"``: the centred rows sketched to k − 1 rows plus the mean row scaled by
+  √N, from ``G = Δ_cᵀX_c + N μ_δ μ_xᵀ``: unbiased, and exact on the mean part.
+
+When ``k ≥ min(in, out)`` every method stores ``G`` exactly in ``min(in, out)`` rows
+(``X' = I, Δ' = XᵀΔ`` or ``Δ' = I, X' = ΔᵀX``): no loss and no more memory.  Compressed calls
+are merged: a second backward through one of them (``retain_graph``) raises ``RuntimeError``.
+
 Memory.  The rows are kept in the activations' dtype (a bf16 model's ``X`` and ``Δ`` stay bf16;
 the optimizers cast one layer at a time to float32 for the solves) and ``X`` shares its storage
 with the input that autograd saves for ``lora_A``'s gradient anyway.  Until its gradient arrives
@@ -29,17 +50,70 @@ import weakref
 
 import torch
 
-__all__ = ["GradientCapture"]
+__all__ = ["ACCUMULATION", "GradientCapture", "compress_rows"]
+
+#: Accumulation modes (see the module docstring): the exact concatenation, then the compressions.
+ACCUMULATION = ("concat", "lorsum", "sample", "sketch", "centred_sketch")
+
+
+def compress_rows(X, Delta, method, k, *, iters=2, generator=None):
+    """``(X', Δ')`` with at most ``k`` rows and ``Δ'ᵀX' ≈ ΔᵀX`` (see the module docstring).
+
+    ``X`` (N × in), ``Delta`` (N × out); computed in float32 at least, returned in the rows'
+    dtype and device.  ``iters`` is K of ``"lorsum"``; ``generator`` (CPU) draws the random
+    methods.  Rows that already fit (N ≤ k) are returned unchanged.
+    """
+    N, n = X.shape
+    m = Delta.shape[1]
+    if method == "concat" or N <= k:
+        return X, Delta
+    dtype, device = X.dtype, X.device
+    work = torch.float32 if torch.finfo(dtype).bits < 32 else dtype
+    X, D = X.to(work), Delta.to(work)
+    if k >= min(n, m):  # G itself in min(in, out) rows: exact
+        if n <= m:
+            Xc, Dc = torch.eye(n, dtype=work, device=device), X.mT @ D
+        else:
+            Xc, Dc = D.mT @ X, torch.eye(m, dtype=work, device=device)
+    elif method == "lorsum":
+        from ..factored import LowRankSum
+        from ..lorsum import lorsum
+
+        target = LowRankSum([(1.0, D.mT, X.mT)], check_finite=False)
+        U, V = lorsum(target, D[:k].mT, X[:k].mT, iters=iters, ridge=0.0, check_finite=False)
+        Xc, Dc = V.mT, U.mT
+    elif method == "sample":
+        p = X.norm(dim=1) * D.norm(dim=1)
+        total = p.sum()
+        if not bool(total > 0):  # G = 0 (every row has x = 0 or δ = 0)
+            return X[:k].to(dtype), Delta[:k]
+        p = p / total
+        idx = torch.multinomial(p.cpu(), k, replacement=True, generator=generator).to(device)
+        w = (k * p[idx]).rsqrt().unsqueeze(1)
+        Xc, Dc = w * X[idx], w * D[idx]
+    else:
+        centred = method == "centred_sketch"
+        rows = k - 1 if centred else k
+        S = torch.randint(0, 2, (rows, N), generator=generator).to(work) * 2 - 1
+        S = S.to(device) / rows**0.5
+        if centred:
+            mx, md = X.mean(dim=0, keepdim=True), D.mean(dim=0, keepdim=True)
+            Xc = torch.cat([S @ (X - mx), N**0.5 * mx])
+            Dc = torch.cat([S @ (D - md), N**0.5 * md])
+        else:
+            Xc, Dc = S @ X, S @ D
+    return Xc.to(dtype), Dc.to(Delta.dtype)
 
 
 class _Call:
     """One forward call: its input rows ``x`` and, once back-propagated, its ``delta`` rows."""
 
-    __slots__ = ("__weakref__", "delta", "x")
+    __slots__ = ("__weakref__", "delta", "merged", "x")
 
     def __init__(self, x):
         self.x = x
         self.delta = None
+        self.merged = False
 
 
 class GradientCapture:
@@ -70,6 +144,11 @@ class GradientCapture:
         self.out_features = out_features
         self.on_ready = None
         self.enabled = True
+        self.accumulation = "concat"  # set by LoRAOptimizer.set_accumulation
+        self.accumulation_rank = None
+        self.accumulation_iters = 2
+        self.generator = None
+        self._budget = None  # k of this accumulation window
         self._done = {}  # call id -> _Call with its Δ (strong: held until step / zero_grad)
         self._live = weakref.WeakValueDictionary()  # call id -> _Call whose graph is alive
         self._next_id = 0
@@ -102,16 +181,42 @@ class GradientCapture:
         output.register_hook(on_grad)
 
     def _on_grad(self, call_id, call, grad):
+        if call.merged:
+            raise RuntimeError(
+                f"accumulation={self.accumulation!r}: a second backward pass reached a forward "
+                "call whose rows were already compressed; use accumulation='concat' with "
+                "retain_graph"
+            )
         if call.x is None:  # freed by step() / zero_grad(): a graph from before them
             return
         d = grad.detach().reshape(-1, self.out_features)
         if call.delta is None:
             call.delta = d
             self._done[call_id] = call
+            if self.accumulation != "concat":
+                self._compress(call)
         else:
             call.delta = call.delta + d
         if self.on_ready is not None and not self.num_waiting:
             self.on_ready()
+
+    def _compress(self, call):
+        """Compress the completed rows to ``k`` rows if they exceed it (module docstring)."""
+        if self._budget is None:
+            self._budget = self.accumulation_rank or max(
+                call.x.shape[0], 2 if self.accumulation == "centred_sketch" else 1
+            )
+        if self.num_rows <= self._budget:
+            return
+        X, D = self.rows()
+        X, D = compress_rows(X, D, self.accumulation, self._budget,
+                             iters=self.accumulation_iters, generator=self.generator)
+        for c in self._done.values():
+            c.x = c.delta = None
+            c.merged = True
+        merged = _Call(X)
+        merged.delta = D
+        self._done = {-1: merged}  # ids of real calls are ≥ 0
 
     @property
     def num_rows(self):
@@ -156,6 +261,7 @@ class GradientCapture:
         for c in calls:
             c.x = c.delta = None
         self._done = {}
+        self._budget = None
 
     def remove(self):
         """Detach the hooks and drop the rows."""

@@ -64,6 +64,29 @@ def momentum_call(opt, layer, target, M_U, M_V, *, iters, ridge, gram_jitter, st
                   step=step)
     return out
 
+def check_momentum_rank_seed(momentum_rank, seed):
+    """Validate ``momentum_rank`` (None or ≥ 1) and ``seed``; return ``(rank, generator)``."""
+    if momentum_rank is not None:
+        momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
+    if seed is not None:
+        seed = _validate.check_int(seed, "seed")
+    return momentum_rank, (None if seed is None else torch.Generator().manual_seed(seed))
+
+
+def init_momentum(layer, momentum_rank, generator):
+    """The zero momentum ``M = M_U M_Vᵀ``: ``M_U = 0`` (out × r_M), ``M_V ~ N(0, 1)`` (in × r_M).
+
+    ``r_M = momentum_rank`` (default the layer's rank), capped at ``min(in, out)``; ``M_V`` is
+    drawn in float64 from ``generator`` and stored in the layer's compute dtype.
+    """
+    r_M = min(momentum_rank or layer.rank, layer.in_features, layer.out_features)
+    M_V = torch.randn(layer.in_features, r_M, generator=generator, dtype=torch.float64)
+    return {
+        "momentum_U": torch.zeros(layer.out_features, r_M, dtype=layer.dtype,
+                                  device=layer.B.device),
+        "momentum_V": M_V.to(dtype=layer.dtype, device=layer.B.device),
+    }
+
 
 def _check_common(lr, iters, ridge, momentum, dampening):
     iters = _validate.check_int(iters, "iters", low=0)
@@ -202,14 +225,10 @@ class PSILoRA(LoRAOptimizer):
         pub = published_options(preset, balance=balance, gram_jitter=gram_jitter,
                                 peft_scaling=peft_scaling)
         balance, gram_jitter = check_balance(pub["balance"], pub["gram_jitter"])
-        if momentum_rank is not None:
-            momentum_rank = _validate.check_int(momentum_rank, "momentum_rank", low=1)
+        momentum_rank, self._generator = check_momentum_rank_seed(momentum_rank, seed)
         momentum_ridge = ridge if momentum_ridge is None else _validate.check_real(
             momentum_ridge, "momentum_ridge", low=0.0
         )
-        if seed is not None:
-            seed = _validate.check_int(seed, "seed")
-        self._generator = None if seed is None else torch.Generator().manual_seed(seed)
         super().__init__(
             model,
             lr,
@@ -235,14 +254,7 @@ class PSILoRA(LoRAOptimizer):
     def _init_layer_state(self, layer, group):
         state = {"step": 0}
         if group["momentum"] > 0:
-            cap = min(layer.in_features, layer.out_features)
-            r_M = min(group["momentum_rank"] or layer.rank, cap)
-            M_V = torch.randn(layer.in_features, r_M, generator=self._generator,
-                              dtype=torch.float64)
-            state["momentum_U"] = torch.zeros(
-                layer.out_features, r_M, dtype=layer.dtype, device=layer.B.device
-            )
-            state["momentum_V"] = M_V.to(dtype=layer.dtype, device=layer.B.device)
+            state.update(init_momentum(layer, group["momentum_rank"], self._generator))
             if group["use_momentum_residual"]:
                 state.update(init_residual(layer, group, self._generator))
         return state
