@@ -39,6 +39,7 @@ __all__ = [
     "char_vocab",
     "encode",
     "finetune_text",
+    "fit_classifier",
     "load_digits_split",
     "make_optimizer",
     "pretrain_text",
@@ -556,6 +557,16 @@ def load_digits_split(val_fraction=0.25, split_seed=0):
     The split is stratified and fixed by ``split_seed``; features are standardised with the
     training mean and standard deviation (constant pixels get std 1).
     """
+    X_tr, y_tr, X_va, y_va = _digits_raw_split(val_fraction, split_seed)
+    mean = X_tr.mean(axis=0)
+    std = X_tr.std(axis=0)
+    std[std == 0] = 1.0
+    f = lambda a: ((a - mean) / std).astype(np.float32)
+    return f(X_tr), y_tr.astype(np.int64), f(X_va), y_va.astype(np.int64)
+
+
+def _digits_raw_split(val_fraction, split_seed):
+    """The stratified digits split ``(X_train, y_train, X_val, y_val)``, pixels 0..16."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -563,11 +574,7 @@ def load_digits_split(val_fraction=0.25, split_seed=0):
     X_tr, X_va, y_tr, y_va = train_test_split(
         X, y, test_size=val_fraction, random_state=split_seed, stratify=y
     )
-    mean = X_tr.mean(axis=0)
-    std = X_tr.std(axis=0)
-    std[std == 0] = 1.0
-    f = lambda a: ((a - mean) / std).astype(np.float32)
-    return f(X_tr), y_tr.astype(np.int64), f(X_va), y_va.astype(np.int64)
+    return X_tr, y_tr, X_va, y_va
 
 
 def _build_mlp(cfg):
@@ -591,7 +598,6 @@ def run_digits(method, lr, *, seed=0, config=DigitsConfig(), **optim_kwargs):
     initialisation and the batch order.
     """
     import torch
-    from torch.nn import functional as F
 
     if method not in _METHOD_LABELS:
         raise ValueError(f"unknown method {method!r}; expected one of {sorted(_METHOD_LABELS)}")
@@ -604,50 +610,74 @@ def run_digits(method, lr, *, seed=0, config=DigitsConfig(), **optim_kwargs):
             model = _add_adapters(model, config.rank, _linear_names(model), train_bias=True)
         opt = make_optimizer(method, model, lr, **optim_kwargs)
         gen = torch.Generator().manual_seed(seed)
+        out = fit_classifier(model, opt, (X_tr, y_tr, X_va, y_va), epochs=config.epochs,
+                             batch=config.batch, generator=gen)
+    return {"method": method, "lr": lr, "seed": seed, **out}
 
-        def evaluate():
-            model.eval()
-            with torch.no_grad():
-                logits = model(X_va)
-                loss = float(F.cross_entropy(logits, y_va))
-                acc = float((logits.argmax(1) == y_va).float().mean())
-            model.train()
-            return acc, loss
 
-        acc0, loss0 = evaluate()
-        accs, vlosses, tlosses = [acc0], [loss0], []
-        diverged = False
-        n = len(X_tr)
-        for _ in range(config.epochs):
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            for i in range(0, n, config.batch):
-                idx = perm[i : i + config.batch]
-                loss = F.cross_entropy(model(X_tr[idx]), y_tr[idx])
-                if not torch.isfinite(loss):
-                    diverged = True
-                    break
-                loss.backward()
-                opt.step()
-                opt.zero_grad()
-                total += loss.item() * len(idx)
-            if diverged:
+def fit_classifier(model, optimizer, data, *, epochs, batch, generator):
+    """Train ``model`` by cross-entropy for ``epochs`` epochs; return its accuracy curves.
+
+    ``data`` is ``(X_train, y_train, X_val, y_val)`` (tensors); each epoch visits the training
+    set in a random order drawn from ``generator``, in mini-batches of ``batch``, with one
+    ``optimizer.step()`` per mini-batch.  A non-finite loss stops training (``diverged``) and
+    the remaining epochs count at chance level (accuracy 0.1, losses ``inf``).
+
+    Returns a dict: ``epochs`` (0 = before training), ``val_acc`` and ``val_loss`` after each
+    epoch, ``train_loss`` (mean over each epoch), ``best_acc``, ``mean_acc`` (over epochs
+    1..E), ``last_acc`` and ``diverged``.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ValueError(f"epochs must be an int >= 1; got {epochs!r}")
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be an int >= 1; got {batch!r}")
+    if not isinstance(data, tuple | list) or len(data) != 4:
+        raise TypeError("data must be (X_train, y_train, X_val, y_val)")
+    X_tr, y_tr, X_va, y_va = data
+
+    def evaluate():
+        model.eval()
+        with torch.no_grad():
+            logits = model(X_va)
+            loss = float(F.cross_entropy(logits, y_va))
+            acc = float((logits.argmax(1) == y_va).float().mean())
+        model.train()
+        return acc, loss
+
+    acc0, loss0 = evaluate()
+    accs, vlosses, tlosses = [acc0], [loss0], []
+    diverged = False
+    n = len(X_tr)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        total = 0.0
+        for i in range(0, n, batch):
+            idx = perm[i : i + batch]
+            loss = F.cross_entropy(model(X_tr[idx]), y_tr[idx])
+            if not torch.isfinite(loss):
+                diverged = True
                 break
-            tlosses.append(total / n)
-            acc, vloss = evaluate()
-            accs.append(acc)
-            vlosses.append(vloss)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            total += loss.item() * len(idx)
+        if diverged:
+            break
+        tlosses.append(total / n)
+        acc, vloss = evaluate()
+        accs.append(acc)
+        vlosses.append(vloss)
     if diverged:  # count the remaining epochs at chance level
-        while len(accs) < config.epochs + 1:
+        while len(accs) < epochs + 1:
             accs.append(0.1)
             vlosses.append(math.inf)
             tlosses.append(math.inf)
     after = accs[1:]
     return {
-        "method": method,
-        "lr": lr,
-        "seed": seed,
-        "epochs": list(range(config.epochs + 1)),
+        "epochs": list(range(epochs + 1)),
         "val_acc": accs,
         "val_loss": vlosses,
         "train_loss": tlosses,

@@ -137,10 +137,12 @@ def build_optimizer(method, model, lr=None, *, max_grad_norm=1.0, iters=None, ri
 def training_arguments(method, out_dir, *, max_steps, batch_size=32, eval_batch_size=128,
                        eval_steps=500, logging_steps=50, max_grad_norm=1.0, seed=0,
                        device="auto", bf16_autocast=False, num_train_epochs=3.0,
-                       lr_scheduler_type="linear", **kwargs):
+                       lr_scheduler_type="linear", warmup_steps=0, **kwargs):
     """``transformers.TrainingArguments`` of the paper's runs (§9.5), clipping done once.
 
-    Linear decay, no warmup, no weight decay, no checkpoints, no external reporting.  The
+    Linear decay, no warmup (``warmup_steps``: a step count, or a float in [0, 1) for a
+    fraction of the run, e.g. 0.03 for the paper's SQuAD runs), no weight decay, no
+    checkpoints, no external reporting.  The
     Trainer's ``max_grad_norm`` is 0 for the low-rank optimizers (they clip themselves).
     ``learning_rate`` is not set: the optimizer passed to the Trainer carries it.
     ``max_steps <= 0`` trains ``num_train_epochs`` epochs.
@@ -162,7 +164,7 @@ def training_arguments(method, out_dir, *, max_steps, batch_size=32, eval_batch_
         save_strategy="no",
         report_to="none",
         lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=0,
+        warmup_steps=warmup_steps,
         weight_decay=0.0,
         max_grad_norm=0.0 if spec.lowrank_optimizer else max_grad_norm,
         seed=seed,
@@ -301,11 +303,12 @@ def settings_of(args, **extra):
 
 def train(model, args, train_ds, eval_ds, *, collator, compute_metrics=None, main_metric,
           derived=None, processing_class=None, extra_settings=None, name_parts=(),
-          optimizer_kwargs=None):
+          optimizer_kwargs=None, training_kwargs=None):
     """Build the optimizer and the Trainer, train, and write the JSON-lines log.
 
     Returns ``(trainer, log_path)``.  The model must be the (PEFT-wrapped) model to train;
-    ``optimizer_kwargs`` go to :func:`build_optimizer` (and into the logged settings).
+    ``optimizer_kwargs`` go to :func:`build_optimizer` (and into the logged settings),
+    ``training_kwargs`` to :func:`training_arguments` (e.g. ``warmup_steps``).
     """
     import torch
     from transformers import Trainer
@@ -316,6 +319,7 @@ def train(model, args, train_ds, eval_ds, *, collator, compute_metrics=None, mai
         eval_steps=args.eval_steps, logging_steps=args.logging_steps,
         max_grad_norm=args.max_grad_norm, seed=args.seed, device=args.device,
         bf16_autocast=args.bf16_autocast, num_train_epochs=args.epochs,
+        **(training_kwargs or {}),
     )
     model.to(targs.device)  # before the optimizer: its state lives next to the parameters
     torch.manual_seed(args.seed)
