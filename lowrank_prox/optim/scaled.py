@@ -234,7 +234,8 @@ class ScaledPSILoRA(LoRAOptimizer):
         lam = self._ridge(group)
         # 1. metrics from the (clipped) batch, then P = (stat + ε)^p
         a_batch, g_batch = diagonal_statistics(
-            grad.X, grad.scale * grad.Delta, kind=group["metric"], reduction=group["reduction"]
+            grad.X, grad.Delta if grad.scale == 1.0 else grad.scale * grad.Delta,
+            kind=group["metric"], reduction=group["reduction"],
         )
         a = ema_update(state["metric_in"], a_batch, beta2)
         g = ema_update(state["metric_out"], g_batch, beta2)
