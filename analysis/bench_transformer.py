@@ -378,19 +378,22 @@ def targets(rows):
 
 
 def bench_section(fast, progress=None):
-    """Section 6 of ``python -m analysis bench``: ``(rows, targets, skipped reason or None)``.
+    """Section 6 of ``python -m analysis bench``: ``(rows, targets, skipped or None, profile)``.
 
     ``fast`` runs a 2-layer, width-128 model at 2 x 32 tokens (structure only; the goals are
-    defined at GPT-2 small's shapes).
+    defined at GPT-2 small's shapes).  ``profile`` is :func:`profile_transformer` at 8 x 256
+    tokens on the full 12-layer model, one thread (``{}`` when skipped).
     """
     try:
         import peft  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as exc:
-        return [], {}, f"{type(exc).__name__}: {exc}"
+        return [], {}, f"{type(exc).__name__}: {exc}", {}
     if fast:
-        rows = run_transformer(shapes=((2, 32),), repeats=2, n_layer=2, n_embd=128, vocab=512,
-                               progress=progress)
+        small = dict(n_layer=2, n_embd=128, vocab=512)
+        rows = run_transformer(shapes=((2, 32),), repeats=2, progress=progress, **small)
+        prof = profile_transformer(batch=2, seq=32, repeats=1, **small)
     else:
         rows = run_transformer(progress=progress)
-    return rows, targets(rows), None
+        prof = profile_transformer(repeats=2)
+    return rows, targets(rows), None, prof
