@@ -1019,7 +1019,7 @@ def run(fast=False, *, attempts=None):
     run_once = lambda monitor: _run_once(cfg, monitor, fast)  # noqa: E731
     (proj, floors, hard, opt_rows, skipped, seven, gpt2), verdict = _timing.run_until_accepted(
         run_once, attempts=attempts, log=lambda msg: print(msg, file=sys.stderr))
-    gpt2_rows, gpt2_targets, gpt2_skip = gpt2
+    gpt2_rows, gpt2_targets, gpt2_skip, gpt2_profile = gpt2
     if gpt2_skip:
         skipped["GPT-2-shaped step"] = gpt2_skip
     scaling = _scaling(proj)
@@ -1034,7 +1034,7 @@ def run(fast=False, *, attempts=None):
         **{k: v for k, v in cfg.items()}, environment=env,
     )
     series = dict(projection=proj, hard=hard, floor=floors, optimizers=opt_rows,
-                  seven_b=seven, skipped=skipped, gpt2=gpt2_rows)
+                  seven_b=seven, skipped=skipped, gpt2=gpt2_rows, gpt2_profile=gpt2_profile)
     metrics = dict(targets=targets, scaling_exponent=scaling, gpt2_targets=gpt2_targets)
     result = FigureResult(fig, settings, series, metrics, notes,
                           extra={"description": "speed, accuracy and memory benchmark (issue 9)",
@@ -1091,9 +1091,11 @@ def bench_figure(*, fast: bool):
     result, tables = run(fast=fast)
     _print_table(*tables)
     if result.series.get("gpt2"):
-        from .bench_transformer import format_rows
+        from .bench_transformer import format_profile, format_rows
 
         print("\n" + format_rows(result.series["gpt2"]))
+        if result.series.get("gpt2_profile"):
+            print("\n" + format_profile(result.series["gpt2_profile"]))
     return result
 
 

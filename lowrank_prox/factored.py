@@ -261,7 +261,7 @@ def _exponent(x, xp):
     """``e`` with ``max|x| ∈ [2^(e-1), 2^e)``, or ``None`` for an all-zero (or empty) array."""
     if any(d == 0 for d in x.shape):
         return None
-    top = float(xp.max(xp.abs(x)))
+    top = _xp.max_abs(x)
     if top == 0.0:
         return None
     if not math.isfinite(top):
@@ -394,10 +394,10 @@ def _scaled_norm(Y):
 
 
 def _sum_products(terms, B):
-    """``Σ c U (Vᵀ B)``, the small product first."""
+    """``Σ c U (Vᵀ B)``, the small product first, both in the wide layout (``thin_matmul``)."""
     out = None
     for c, U, V in terms:
-        part = U @ (c * (V.mT @ B))
+        part = _xp.thin_matmul(U, c * _xp.thin_matmul(V.mT, B))
         out = part if out is None else out + part
     return out
 

@@ -51,7 +51,7 @@ import weakref
 import torch
 from torch import nn
 
-from .. import _validate
+from .. import _validate, _xp
 from ..factored import LowRankSum
 from ._capture import ACCUMULATION, GradientCapture
 
@@ -84,6 +84,14 @@ class LoRALayer:
         self.out_features = B.shape[0]
         self.dtype = compute_dtype(B.dtype)
         self.capture = None
+
+    def hook_factors(self, owner):
+        """Hooks that keep autograd from computing the factors' unused ``.grad``: none here.
+
+        :class:`~lowrank_prox.optim._peft.PeftLoRALayer` has some (see ``factor_grads``).
+        Returns the list of hook handles.
+        """
+        return []
 
     def factors(self):
         """Copies ``(U, V)`` = ``(B, Aᵀ)`` in the compute dtype (float32 at least)."""
@@ -135,8 +143,8 @@ class CapturedGradient:
         return CapturedGradient(self.X.to(dtype), self.Delta.to(dtype), self.scale)
 
     def isfinite(self):
-        """Whether every captured row is finite (a Python bool)."""
-        return bool(self.X.isfinite().all() and self.Delta.isfinite().all())
+        """Whether every captured row is finite (a Python bool; one read of each block)."""
+        return _xp.all_finite(self.X) and _xp.all_finite(self.Delta)
 
     def norm_sq(self):
         """``‖G‖² = scale² ‖ΔᵀX‖²`` (a Python float), by the cheaper of two exact formulas.
@@ -274,6 +282,11 @@ class LoRAOptimizer(torch.optim.Optimizer):
         clip or that run with ``track_grad_norm``; ``None`` before.
     skipped_steps : int
         Steps skipped because a gradient or an update was not finite.
+    factor_grads : bool
+        Whether autograd also computes the ``.grad`` of PEFT layers' ``lora_A``/``lora_B``,
+        which the step does not use (default False: they stay ``None`` and their backward
+        products are skipped, see :mod:`lowrank_prox.optim._peft`).  Layers of
+        :class:`lowrank_prox.nn.LoRALinear` always get their ``.grad``.
     """
 
     def __init__(
@@ -350,10 +363,13 @@ class LoRAOptimizer(torch.optim.Optimizer):
         self.last_grad_norm = None
         self._step_in_backward = False
         self._ready = {}  # id(layer) -> _LayerResult computed in backward (step_in_backward)
+        self.factor_grads = False
+        self._factor_hooks = []
         for layer in layers:
             layer.capture = GradientCapture(
                 layer.module, layer.in_features, layer.out_features, self
             )
+            self._factor_hooks += layer.hook_factors(self)
             self.state[layer.B].update(self._init_layer_state(layer, self.param_groups[0]))
 
     # -- subclass interface ---------------------------------------------------------------
@@ -476,6 +492,9 @@ class LoRAOptimizer(torch.optim.Optimizer):
         """Detach the capture hooks from the model (the optimizer cannot step afterwards)."""
         for layer in self._layers:
             layer.capture.remove()
+        for handle in self._factor_hooks:
+            handle.remove()
+        self._factor_hooks = []
 
     def state_dict(self):
         sd = super().state_dict()
@@ -577,7 +596,7 @@ class LoRAOptimizer(torch.optim.Optimizer):
             work, finite = sync.synchronize(self, work, others)
         else:
             finite = all(g.isfinite() for _, g, _ in work)
-            finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
+            finite = finite and all(_xp.all_finite(p.grad) for p in others)
         finite = finite and all(r.finite for r in ready)
         if not finite:
             return self._skip("a captured or other gradient contains NaN/Inf")
@@ -645,7 +664,7 @@ class _LayerResult:
 
     def update_is_finite(self):
         tensors = [self.U, self.V, *(v for v in self.state.values() if isinstance(v, torch.Tensor))]
-        return all(bool(t.isfinite().all()) for t in tensors)
+        return all(_xp.all_finite(t) for t in tensors)
 
 
 def step_in_backward(optimizer, enable=True):

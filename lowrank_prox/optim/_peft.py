@@ -36,6 +36,17 @@ adapter branch only); since ``E[D(X)] = X`` the captured ``G`` is that gradient 
 reference implementation's choice (a hook on the layer input, paper.md §10.1).  The autograd
 ``.grad`` of ``lora_A``/``lora_B`` is not used.
 
+Factor gradients not computed.  Autograd would spend ``N r (m + n)`` multiply-adds per layer
+on ``lora_B.grad = s Δᵀ h`` and ``lora_A.grad = (s Δ B)ᵀ x`` (``h = A x``), in torch's slow thin
+product layout (``Δᵀ h`` alone is about 1 % of a GPT-2-small step on CPU).  So while the
+optimizer's capture is on (:attr:`GradientCapture.enabled`) and ``optimizer.factor_grads`` is
+False (the default), forward hooks on ``lora_A``/``lora_B`` give each branch's output a backward
+that propagates the gradient to the branch input only (:class:`_InputGradOnly`: ``∂x = ∂y W``,
+nothing for ``W``): ``Δ`` and the gradients of earlier layers are unchanged (to rounding),
+``lora_A.grad``/``lora_B.grad`` stay ``None`` and the Trainer's ``grad_norm`` leaves them out.
+Set ``optimizer.factor_grads = True`` to have autograd compute them again.  Layers with a LoRA
+bias (``lora_bias=True``) keep the ordinary backward.
+
 Not supported (a clear ``ValueError``): merged adapters, disabled adapters, more than one active
 adapter in a layer, LoRA variants (DoRA, ...) and PEFT conv layers.  PEFT embedding adapters
 (``lora_embedding_A/B``) are not LoRA layers here: their parameters, like the ``modules_to_save``
@@ -64,6 +75,8 @@ Nothing here imports ``peft``: layers are recognised by their attributes (``lora
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -82,6 +95,32 @@ def is_peft_lora_layer(module):
     )
 
 
+class _InputGradOnly(torch.autograd.Function):
+    """``y = x Wᵀ`` (computed already) with a backward that gives ``x`` its gradient, ``W`` none.
+
+    ``forward(x, weight, y)`` returns ``y`` (the detached output of ``lora_A``/``lora_B``);
+    ``weight`` is an input only so that ``y`` requires grad whenever the factor does (the first
+    adapted layer of a model with frozen embeddings has an input without grad).  ``backward``
+    returns ``∂x = ∂y W`` in the dtype the forward product ran in (``y``'s; autocast) cast to
+    ``x``'s, and ``None`` for ``weight``.  ``∂x`` is the very product autograd's linear
+    backward makes (same operands, same layout), so the gradients reaching earlier layers are
+    bitwise those of the ordinary backward.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, y):
+        ctx.save_for_backward(weight)
+        ctx.x_dtype = x.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (weight,) = ctx.saved_tensors
+        return (grad_y @ weight.to(grad_y.dtype)).to(ctx.x_dtype), None, None
+
+
 class PeftLoRALayer(LoRALayer):
     """One PEFT LoRA layer, adapter ``adapter``, as ``W = W0 + U Vᵀ`` with ``U = s·B`` (above)."""
 
@@ -98,6 +137,26 @@ class PeftLoRALayer(LoRALayer):
     def ignored_scaling(self):
         """``s`` when the factors leave it out (``peft_scaling="ignore"``), else 1."""
         return 1.0 if self.fold else self.scaling
+
+    def hook_factors(self, owner):
+        """Hooks on ``lora_A``/``lora_B`` that skip their autograd ``.grad`` (module docstring).
+
+        Active while ``self.capture.enabled`` and ``owner.factor_grads`` is False; ``owner`` and
+        the layer are held weakly.  Returns the hook handles.
+        """
+        owner_ref, layer_ref = weakref.ref(owner), weakref.ref(self)
+
+        def hook(mod, args, output):
+            layer, opt = layer_ref(), owner_ref()
+            if (layer is None or opt is None or opt.factor_grads or layer.capture is None
+                    or not layer.capture.enabled or not torch.is_grad_enabled() or not args
+                    or not isinstance(output, torch.Tensor) or not output.requires_grad
+                    or getattr(mod, "bias", None) is not None):
+                return None
+            return _InputGradOnly.apply(args[0], mod.weight, output.detach())
+
+        return [self.module.lora_A[self.adapter].register_forward_hook(hook),
+                self.module.lora_B[self.adapter].register_forward_hook(hook)]
 
     @property
     def scaling(self):

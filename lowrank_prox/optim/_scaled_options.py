@@ -192,6 +192,8 @@ def lowrank_metric_pairs(state, step, group):
 def clipped_rows(grad, group):
     """``(X, Δ)`` with the clip factor c on Δ (the project's choice) or on X
     (``clip_side="input"``, the authors'), for the metric statistics."""
+    if grad.scale == 1.0:  # no clipping: no copy of the rows
+        return grad.X, grad.Delta
     if group.get("clip_side", "output") == "input":
         return grad.scale * grad.X, grad.Delta
     return grad.X, grad.scale * grad.Delta

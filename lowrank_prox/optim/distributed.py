@@ -61,7 +61,7 @@ import functools
 import torch
 import torch.distributed as dist
 
-from .. import _validate
+from .. import _validate, _xp
 from ..factored import LowRankSum, _sum_products
 from ._base import CapturedGradient, LoRAOptimizer
 
@@ -276,7 +276,7 @@ class DistributedCapturedGradient(CapturedGradient):
 
     def isfinite(self):
         """Whether this worker's rows are finite (the workers agree in ``synchronize``)."""
-        return bool(self.X_local.isfinite().all() and self.Delta_local.isfinite().all())
+        return _xp.all_finite(self.X_local) and _xp.all_finite(self.Delta_local)
 
     def as_sum(self, coef=1.0, *, extra=()):
         """``extra + coef·G`` as a :class:`DistributedLowRankSum` (rows stay local).
@@ -318,9 +318,9 @@ class _DataParallel:
             p for g in optimizer._other.param_groups for p in g["params"]
         ]
         finite = all(
-            bool(g.X.isfinite().all() and g.Delta.isfinite().all()) for g in local.values()
+            _xp.all_finite(g.X) and _xp.all_finite(g.Delta) for g in local.values()
         )
-        finite = finite and all(bool(p.grad.isfinite().all()) for p in others)
+        finite = finite and all(_xp.all_finite(p.grad) for p in others)
         counts = [0 if finite else 1]
         counts += [local[id(L)].X.shape[0] + 1 if id(L) in local else 0 for L in layers]
         counts += [int(p.grad is not None) for p in all_others]
