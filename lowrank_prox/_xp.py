@@ -21,6 +21,7 @@ __all__ = [
     "max_abs",
     "spd_solve_right",
     "thin_matmul",
+    "matmul_like",
     "to_numpy",
 ]
 
@@ -120,6 +121,21 @@ def thin_matmul(A, B):
     """
     if (is_torch_array(A) and is_torch_array(B) and A.ndim == 2 and B.ndim == 2
             and 1 < B.shape[1] <= 128 and B.shape[1] < A.shape[0]):
+        return (B.mT @ A.mT).mT
+    return A @ B
+
+
+def matmul_like(A, B):
+    """``A @ B`` for a square ``A``, laid out in memory as ``B`` is (row- or column-major).
+
+    LoRSum's iterates come out of :func:`thin_matmul` and :func:`spd_solve_right` as transposed
+    (column-major) views on torch.  The scaled half-step multiplies them by a dense metric and
+    then forms the same Gram and target products as the plain half-step; keeping the layout
+    keeps those products on the same BLAS kernels, so an identity metric reproduces
+    :func:`lowrank_prox.lorsum` bit for bit (SPEC §7).  Elsewhere ``A @ B``.
+    """
+    if (is_torch_array(A) and is_torch_array(B) and B.ndim == 2 and not B.is_contiguous()
+            and B.mT.is_contiguous()):
         return (B.mT @ A.mT).mT
     return A @ B
 

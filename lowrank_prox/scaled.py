@@ -184,7 +184,7 @@ def _apply(P, W):
         return W
     if P.shape[1] == 1:
         return P * W
-    return P @ W
+    return _xp.matmul_like(P, W)
 
 
 def _sqrt_metric(P, xp):
