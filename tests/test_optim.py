@@ -388,3 +388,29 @@ def test_psilora_gram_jitter_and_balance_options():
         PSILoRA(tiny(), 0.1, balance="sometimes")
     with pytest.raises(ValueError, match="gram_jitter"):
         PSILoRA(tiny(), 0.1, gram_jitter=-1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda m: PSILoRA(m, 0.5, momentum=0.9),
+    lambda m: PSILoRA(m, 0.5, iters=2),
+    lambda m: ProjPSILoRA(m, 0.5, momentum=0.9),
+    lambda m: __import__("lowrank_prox.optim", fromlist=["PSILoRAFISTA"]).PSILoRAFISTA(m, 0.5),
+], ids=["psilora-momentum", "psilora-x2", "proj", "fista"])
+def test_zero_lr_first_step_keeps_the_factors_from_a_zero_lora_B(make):
+    """A step at lr 0 (a linear warm-up's first) is the identity on the adapter's factors.
+
+    LoRSum of the target UVᵀ from PEFT's B = 0 with λ = lr·λ0 = 0 returns A = 0 as well (the
+    minimum-norm V-step), and the adapter then never leaves 0; the step must not.
+    """
+    layer = tiny()
+    with torch.no_grad():
+        layer.lora_B.zero_()
+    opt = make(layer)
+    A0 = layer.lora_A.detach().clone()
+    opt.param_groups[0]["lr"] = 0.0
+    one_step(opt, layer, *batch(0))
+    assert torch.equal(layer.lora_A.detach(), A0) and not layer.lora_B.detach().any()
+    opt.param_groups[0]["lr"] = 0.5
+    for seed in (1, 2):
+        one_step(opt, layer, *batch(seed))
+    assert float(layer.lora_B.detach().norm()) > 1e-3 and float(layer.lora_A.detach().norm()) > 1e-3

@@ -49,6 +49,21 @@ def balanced(U, V, *, metric_in=None, metric_out=None):
     return Ub, Vb
 
 
+def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter):
+    """The adapter's LoRSum step ``LoRSum_K(UVᵀ − lr·(…))`` from the current factors (SPEC §6).
+
+    At ``lr == 0`` (the first step of a linear warm-up) the target is ``UVᵀ`` itself, of rank
+    ≤ r, so its proximal step is the current adapter and the factors are returned as they are.
+    LoRSum would return an equal product but not these factors: from PEFT's ``B = 0`` start,
+    with λ = lr·λ0 = 0, the V-step's Gram ``BᵀB`` is zero and its minimum-norm solution sets
+    ``A = 0`` as well, after which no later step can leave ``U = V = 0``.
+    """
+    if lr == 0:
+        return U, V
+    return lorsum(target, U, V, iters=iters, ridge=ridge, gram_jitter=gram_jitter,
+                  check_finite=False)
+
+
 def momentum_call(opt, layer, target, M_U, M_V, *, iters, ridge, gram_jitter, step):
     """The low-rank momentum update ``M ← LoRSum_{max(K,1)}(target)`` of PSI-LoRA and Scaled
     PSI-LoRA (SPEC §6, §7), recorded as the ``"momentum"`` call by ``opt``'s diagnostics.
@@ -270,7 +285,7 @@ class PSILoRA(LoRAOptimizer):
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
         where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
         lam = self._ridge(group)
-        U1, V1 = lorsum(target, U, V, iters=K, ridge=lam, gram_jitter=eps, check_finite=False)
+        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
         U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
         step = state["step"] + 1
         self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, step=step)
@@ -357,7 +372,7 @@ class ProjPSILoRA(LoRAOptimizer):
         lam, eps = self._ridge(group), group.get("gram_jitter", 0.0)
         U, V = layer.factors()
         target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
-        Up, Vp = lorsum(target, U, V, iters=K, ridge=lam, gram_jitter=eps, check_finite=False)
+        Up, Vp = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
         new_state = {**state, "step": state["step"] + 1}
         self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam,
                        step=new_state["step"])
