@@ -35,14 +35,29 @@ def data(seed, N=12, n=5, m=7):
 
 
 def test_concat_equals_one_big_batch_exactly():
+    """The concatenated rows of 3 micro-batches are the big batch's rows, bit for bit.
+
+    The first step is compared bitwise on dyadic data (small integers, weights on a 1/8 grid),
+    where every forward product is exact: BLAS may sum a 4-row and a 12-row product in different
+    orders, so with general data the micro-batches' Δ differ from the big batch's by rounding
+    (seen on this project's CI vs dev machines).  Later steps start from non-dyadic factors and
+    are compared to rounding.
+    """
     a, b = tiny(), tiny()
+    for model in (a, b):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.round(8 * p) / 8)
     oa = PSILoRA(a, 0.05, iters=2, momentum=0.5, seed=1).set_accumulation("concat")
     ob = PSILoRA(b, 0.05, iters=2, momentum=0.5, seed=1)
     for s in range(3):
-        X, Y = data(s)
+        X, Y = (torch.round(4 * t) for t in data(s))
         accumulate(a, oa, X, Y, parts=3)
         accumulate(b, ob, X, Y, parts=1)
-    assert torch.equal(a.lora_B, b.lora_B) and torch.equal(a.lora_A, b.lora_A)
+        if s == 0:
+            assert torch.equal(a.lora_B, b.lora_B) and torch.equal(a.lora_A, b.lora_A)
+    torch.testing.assert_close(a.lora_B, b.lora_B, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(a.lora_A, b.lora_A, rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("method", ["lorsum", *RANDOM])

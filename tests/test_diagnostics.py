@@ -99,7 +99,7 @@ def test_optimizer_diagnostics_do_not_change_training():
 def test_thm31_in_training_json():
     m = json.loads(FIG.read_text())["metrics"]
     for task in ("digits", "charlm"):
-        st = m[f"{task}|theorem (λ0=1e-8)|step"]
+        st = m[f"{task}|theorem (λ0=0)|step"]
         assert st["checked"] > 50
         # measured <= bound + float32 rounding floor (100 eps) on every checked step
         assert st["holds_fraction"] == 1.0

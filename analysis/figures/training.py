@@ -3,9 +3,10 @@
 PSI-LoRA ×1 (momentum 0.9) trains the digits MLP and fine-tunes the character LM of
 :mod:`analysis.experiments.realdata` with :class:`lowrank_prox.optim.SubspaceDiagnostics`
 attached: every LoRSum call of every adapted layer (the step and the momentum call) is compared
-with the exact Π_r of its factored target.  Two ridges per task: λ0 = 1e-8 (λ = η·1e-8, kept
-only so that the zero-initialised ``lora_B`` can move: the theorem's λ = 0 setting, treated as 0
-through ``ridge_tol``) and the default λ0 = 1e-3, for which Theorem 3.1 says nothing.
+with the exact Π_r of its factored target.  Two ridges per task: λ0 = 0, the theorem's setting
+(from the zero-initialised ``lora_B`` the first call starts with the U-step, the range finder:
+``lowrank_prox.optim.psilora.first_side``), and the default λ0 = 1e-3, for which Theorem 3.1
+says nothing.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from ..style import add_band_note, method_style
 
 #: (task, learning rate): the realdata figures' choices for PSI-LoRA x1.
 LR = {"digits": 0.02, "charlm": 1.0}
-RIDGES = {"theorem (λ0=1e-8)": 1e-8, "default (λ0=1e-3)": 1e-3}
-RIDGE_TOL = 1e-6  # λ = η·1e-8 ≤ 1e-6 counts as λ = 0
+RIDGES = {"theorem (λ0=0)": 0.0, "default (λ0=1e-3)": 1e-3}
 WITHIN = 0.01  # "K = 1 within 1 % of SVDLoRA's step"
 FLOOR = 1e-12
 
@@ -42,10 +42,10 @@ def run_training_diagnostics(*, fast):
                           eval_every=10 if fast else 25)
     out = {}
     for label, ridge in RIDGES.items():
-        diag = SubspaceDiagnostics(ridge_tol=RIDGE_TOL)
+        diag = SubspaceDiagnostics()
         run = R.run_digits("psilora-1", LR["digits"], config=dcfg, ridge=ridge, diagnostics=diag)
         out[("digits", label)] = (run, diag.table(), diag.summary(within=WITHIN))
-        diag = SubspaceDiagnostics(ridge_tol=RIDGE_TOL)
+        diag = SubspaceDiagnostics()
         run = R.run_lm_finetune("psilora-1", LR["charlm"], config=lcfg, ridge=ridge,
                                 diagnostics=diag)
         out[("charlm", label)] = (run, diag.table(), diag.summary(within=WITHIN))
@@ -128,10 +128,10 @@ def thm31_in_training(*, fast: bool) -> FigureResult:
         ax_sc.legend(fontsize=6, loc="upper left")
         th = metrics[f"{task}|{next(iter(RIDGES))}|step"]
         add_band_note(ax_sc, f"bound holds on {100 * th['holds_fraction']:.1f} % of "
-                      f"{th['checked']} step calls (λ≈0)", loc="lower right")
+                      f"{th['checked']} step calls (λ = 0)", loc="lower right")
         ax_t.axhline(WITHIN, color="k", lw=0.8, ls=":")
         ax_t.set(xlabel="optimizer step", ylabel="distance to Π_r(Y) (dashed: bound)",
-                 title=f"{names[task]}, λ≈0: per layer (dotted: 1 % = SVDLoRA's step)")
+                 title=f"{names[task]}, λ = 0: per layer (dotted: 1 % = SVDLoRA's step)")
         ax_t.legend(fontsize=6, loc="upper right")
         df = metrics[f"{task}|default (λ0=1e-3)|step"]
         ax_m.axhline(WITHIN, color="k", lw=0.8, ls=":")
@@ -139,17 +139,18 @@ def thm31_in_training(*, fast: bool) -> FigureResult:
                  title=f"{names[task]}, default λ0=1e-3 (no theorem): per layer")
         ax_m.legend(fontsize=6, loc="upper right")
         add_band_note(ax_m, f"within 1 % of SVDLoRA on {100 * df['within_1pct_fraction']:.0f} "
-                      f"% of steps (λ≈0: {100 * th['within_1pct_fraction']:.0f} %)")
+                      f"% of steps (λ = 0: {100 * th['within_1pct_fraction']:.0f} %)")
     notes = (
         "PSI-LoRA x1, momentum 0.9, every adapted layer (digits: 3 linear layers; char-LM: q and "
         "v of 2 blocks). Measured: ‖U_1V_1ᵀ − Π_r(Y)‖/‖Π_r(Y)‖ with Π_r(Y) exact from the QR "
         "core (= distance to SVDLoRA's step from the same point and target). Bound: Theorem "
         "3.1 from the warm start, √(σ_1²+σ_{r+1}²)·ρ^{2K−1}‖tan Θ_0‖_F/‖Π_r(Y)‖ (derived in "
-        "lowrank_prox/diagnostics.py for λ = 0). λ0 = 1e-8 stands for λ = 0 (a zero lora_B "
-        "cannot move at λ = 0); with the default λ0 = 1e-3 the ridge anchors the call at the warm "
-        "start and the measured distance is not covered by the λ = 0 bound."
+        "lowrank_prox/diagnostics.py for λ = 0). λ0 = 0 exactly, from PEFT's zero lora_B (the "
+        "first call starts with the U-step, the range finder); with the default λ0 = 1e-3 the "
+        "ridge anchors the call at the warm start and the measured distance is not covered by "
+        "the λ = 0 bound."
     )
-    settings = {"lr": LR, "ridges": RIDGES, "ridge_tol": RIDGE_TOL, "within": WITHIN,
+    settings = {"lr": LR, "ridges": RIDGES, "within": WITHIN,
                 "digits": R.config_dict(dcfg), "charlm": R.config_dict(lcfg), "fast": fast,
                 "momentum": 0.9, "iters": 1}
     return FigureResult(fig=fig, settings=settings, series=series, metrics=metrics, notes=notes)

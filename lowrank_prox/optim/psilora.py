@@ -49,18 +49,26 @@ def balanced(U, V, *, metric_in=None, metric_out=None):
     return Ub, Vb
 
 
-def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter):
+def first_side(ridge, U):
+    """The side a LoRSum call from ``(U, V)`` starts with: ``"v"``, or ``"u"`` when λ = 0 and
+    ``U = 0`` (the V-step's Gram ``UᵀU`` is then zero and its minimum-norm solution ``V = 0``
+    would end the iteration at 0 for good; the U-step first is the range finder)."""
+    return "u" if ridge == 0 and not bool(U.any()) else "v"
+
+
+def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter, start="v"):
     """The adapter's LoRSum step ``LoRSum_K(UVᵀ − lr·(…))`` from the current factors (SPEC §6).
 
     At ``lr == 0`` (the first step of a linear warm-up) the target is ``UVᵀ`` itself, of rank
     ≤ r, so its proximal step is the current adapter and the factors are returned as they are.
     LoRSum would return an equal product but not these factors: from PEFT's ``B = 0`` start,
     with λ = lr·λ0 = 0, the V-step's Gram ``BᵀB`` is zero and its minimum-norm solution sets
-    ``A = 0`` as well, after which no later step can leave ``U = V = 0``.
+    ``A = 0`` as well, after which no later step can leave ``U = V = 0``.  ``start`` as in
+    :func:`lowrank_prox.lorsum` (see :func:`first_side`).
     """
     if lr == 0:
         return U, V
-    return lorsum(target, U, V, iters=iters, ridge=ridge, gram_jitter=gram_jitter,
+    return lorsum(target, U, V, iters=iters, ridge=ridge, start=start, gram_jitter=gram_jitter,
                   check_finite=False)
 
 
@@ -72,7 +80,7 @@ def momentum_call(opt, layer, target, M_U, M_V, *, iters, ridge, gram_jitter, st
     ``M_V = 0`` for good), so that call starts with the U-step, the range finder.
     """
     K = max(iters, 1)
-    start = "u" if ridge == 0 and not bool(M_U.any()) else "v"
+    start = first_side(ridge, M_U)
     out = lorsum(target, M_U, M_V, iters=K, ridge=ridge, start=start, gram_jitter=gram_jitter,
                  check_finite=False)
     opt._diagnose(layer, "momentum", target, (M_U, M_V), out, iters=K, ridge=ridge, side=start,
@@ -139,8 +147,8 @@ class PSILoRA(LoRAOptimizer):
         (with λ > 0 and μ = 0 this is Riemannian-preconditioned LoRA, SPEC §5).
     ridge : float, default 1e-3
         λ0 ≥ 0; the proximal weight is ``λ = lr · ridge``.  With ``ridge = 0`` and a zero
-        ``lora_B`` (PEFT's initialisation) the V-step has no information and the adapter stays
-        at 0: use ``ridge > 0`` then.
+        ``lora_B`` (PEFT's initialisation) the V-step has no information, so that step starts
+        with the U-step (the range finder; see :func:`first_side`).
     momentum : float, default 0
         μ in ``[0, 1)``.  With ``μ = 0`` no momentum state is kept.
     dampening : float, default 0
@@ -285,10 +293,12 @@ class PSILoRA(LoRAOptimizer):
         target = grad.as_sum(-lr * (1.0 - d), extra=terms)
         where, eps = group.get("balance", "none"), group.get("gram_jitter", 0.0)
         lam = self._ridge(group)
-        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
+        side = first_side(lam, U)
+        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps, start=side)
         U1, V1 = quartic_shrink(group, U, V, U1, V1)  # identity unless quartic_kernel is set
         step = state["step"] + 1
-        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, step=step)
+        self._diagnose(layer, "step", target, (U, V), (U1, V1), iters=K, ridge=lam, side=side,
+                       step=step)
         if where in ("adapter", "both"):
             U1, V1 = balanced(U1, V1)
         new_state = {**state, "step": step}
@@ -372,9 +382,10 @@ class ProjPSILoRA(LoRAOptimizer):
         lam, eps = self._ridge(group), group.get("gram_jitter", 0.0)
         U, V = layer.factors()
         target = grad.as_sum(-lr * (1.0 - d), extra=[(1.0, U, V)])
-        Up, Vp = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
+        side = first_side(lam, U)
+        Up, Vp = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps, start=side)
         new_state = {**state, "step": state["step"] + 1}
-        self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam,
+        self._diagnose(layer, "step", target, (U, V), (Up, Vp), iters=K, ridge=lam, side=side,
                        step=new_state["step"])
         if mu == 0:
             return (Up, Vp), new_state

@@ -18,6 +18,7 @@ from .psilora import (
     balanced,
     check_balance,
     check_momentum_rank_seed,
+    first_side,
     init_momentum,
 )
 
@@ -355,14 +356,15 @@ class PSILoRAVR(LoRAOptimizer):
         U, V = layer.factors()
         target = LowRankSum([(1.0, U, V), *((-lr * c, A, B) for c, A, B in d_terms)],
                             check_finite=False)
-        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
+        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps,
+                              start=first_side(lam, U))
         if group["balance"] in ("adapter", "both"):
             U1, V1 = balanced(U1, V1)
         new_state = {**state, "step": state["step"] + 1}
         if c_p != 0:
             new_state["prev_U"], new_state["prev_V"] = U, V
         if has_momentum:
-            start = "u" if lam == 0 and not bool(M_U.any()) else "v"  # range finder from 0
+            start = first_side(lam, M_U)  # range finder from 0
             M_U, M_V = lorsum(LowRankSum(d_terms, check_finite=False), M_U, M_V,
                               iters=max(K, 1), ridge=lam, start=start, gram_jitter=eps,
                               check_finite=False)
