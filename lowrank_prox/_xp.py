@@ -87,17 +87,23 @@ def is_positive_definite(A):
 def max_abs(x):
     """``max |x|`` as a Python float (NaN if ``x`` holds NaN, ``inf`` if it holds ±Inf).
 
-    One ``aminmax`` pass for torch floating tensors (no ``|x|`` copy), ``max(abs(x))`` otherwise.
-    ``x`` must not be empty.
+    ``max(−min x, max x)``: one ``aminmax`` pass for torch floating tensors, two reductions
+    elsewhere, never an ``|x|`` copy (NumPy: 25 µs vs 54 µs for ``max(abs(x))`` on a
+    2048 × 64 float64 factor, the scale check of every LoRSum call).  ``x`` must not be empty.
     """
-    if is_torch_array(x) and x.is_floating_point():
+    if type(x) is np.ndarray and x.dtype.kind == "f":  # the common case, without dispatch
+        lo, hi = x.min(), x.max()
+    elif is_torch_array(x) and x.is_floating_point():
         lo, hi = _dense_order(x).aminmax()
-        lo, hi = float(lo), float(hi)
-        if lo != lo or hi != hi:
-            return float("nan")
-        return max(-lo, hi)
-    xp = array_namespace(x)
-    return float(xp.max(xp.abs(x)))
+    else:
+        xp = array_namespace(x)
+        if not is_real_floating(x):
+            return float(xp.max(xp.abs(x)))
+        lo, hi = xp.min(x), xp.max(x)
+    lo, hi = float(lo), float(hi)
+    if lo != lo or hi != hi:
+        return float("nan")
+    return max(-lo, hi)
 
 
 def _dense_order(x):

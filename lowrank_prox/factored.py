@@ -269,6 +269,14 @@ def _exponent(x, xp):
     return math.frexp(top)[1]
 
 
+def _exponent_of(x, xp, seen):
+    """:func:`_exponent` of ``x``, remembered in ``seen`` by object (one pass per array)."""
+    key = id(x)
+    if key not in seen:
+        seen[key] = _exponent(x, xp)
+    return seen[key]
+
+
 def _ldexp(x, e):
     """``x · 2^e`` for an array, in two exact steps (``2^e`` alone may not be representable)."""
     if e == 0:
@@ -292,19 +300,22 @@ def _fro(x, xp):
     return float(xp.linalg.vector_norm(_ldexp(x, -e))), e
 
 
-def _normalised_sum(Y, window=0):
+def _normalised_sum(Y, window=0, exponents=None):
     """``(Y', e, moved)``: ``Y = 2^e·Y'`` with every term of ``Y'`` of largest entry near 1.
 
     Exact (powers of two).  A factor whose largest entry lies within ``2^±window`` is kept as
     is (no copy); the coefficients carry the other exponents, relative to the largest term, so
     they stay representable.  Exactly zero terms get coefficient 0.  ``moved`` tells whether
-    any factor had to be rescaled (copied).  ``e`` is 0 for the zero sum.
+    any factor had to be rescaled (copied).  ``e`` is 0 for the zero sum.  ``exponents``, a
+    dict, receives each factor's :func:`_exponent` keyed by ``id`` (for a caller whose other
+    arrays may be the same objects, e.g. LoRSum's warm start and the target's ``U₀V₀ᵀ``).
     """
     xp = Y.xp
     parts = []
     moved = False
+    seen = {} if exponents is None else exponents
     for c, U, V in Y.terms:
-        eu, ev = _exponent(U, xp), _exponent(V, xp)
+        eu, ev = _exponent_of(U, xp, seen), _exponent_of(V, xp, seen)
         if c == 0.0 or eu is None or ev is None:
             parts.append((0.0, None, U, V))
             continue

@@ -24,6 +24,7 @@ from .factored import (
     LowRankSum,
     _Dense,
     _exponent,
+    _exponent_of,
     _fro,
     _ldexp,
     _normalised_sum,
@@ -275,16 +276,16 @@ def _solve(op, U, V, Ua, Va, lam, iters, start, callback=None, until=None, **ste
     """
     xp = _xp.get_namespace(U)
     W = _window(U.dtype, xp)
+    seen = {}  # exponents by array object: the warm start is often a term of the target
     if isinstance(op, LowRankSum):
-        opn, eY, moved = _normalised_sum(op, W)
+        opn, eY, moved = _normalised_sum(op, W, seen)
     elif isinstance(op, _Dense):
         opn, eY, moved = op, _exponent(op.to_dense(), xp), False
     else:  # protocol operators: products only, no cheap scale estimate
         return _als(op, U, V, Ua, Va, lam, iters, start, callback, until=until, **steps)
     eY = 0 if eY is None else eY
-    ex = {name: _exponent(a, xp) for name, a in (("U", U), ("V", V))}
-    ex["Ua"] = ex["U"] if Ua is U else _exponent(Ua, xp)
-    ex["Va"] = ex["V"] if Va is V else _exponent(Va, xp)
+    ex = {name: _exponent_of(a, xp, seen) for name, a in (("U", U), ("V", V), ("Ua", Ua),
+                                                            ("Va", Va))}
     eLam = math.frexp(lam)[1] if lam > 0 else None
     out = [e for e in ex.values() if e is not None and abs(e) > W]
     if not (moved or abs(eY) > W or out or (eLam is not None and eLam > W)):

@@ -74,6 +74,25 @@ def test_one_pass_checks_see_every_nonfinite_entry(dtype, bad):
         assert (math.isnan(top) if bad != bad else top == math.inf)
 
 
+@pytest.mark.parametrize("lib", ["numpy", "array_api_strict"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_max_abs_without_an_abs_copy_matches_max_abs(lib, bad):
+    """NumPy / array-API ``max_abs`` is ``max(−min, max)``: equal to ``max|x|`` whichever sign
+    holds the extreme, NaN wherever a NaN sits, ``inf`` for ±Inf; integers still work."""
+    import numpy as np
+
+    xp = np if lib == "numpy" else pytest.importorskip("array_api_strict")
+    base = np.random.default_rng(4).standard_normal((5, 9))
+    for arr in (base, -base, np.abs(base), -np.abs(base), base.T):
+        assert _xp.max_abs(xp.asarray(arr)) == float(np.abs(arr).max())
+    for i in range(base.size):
+        x = base.copy().reshape(-1)
+        x[i] = bad
+        top = _xp.max_abs(xp.asarray(x.reshape(5, 9)))
+        assert (math.isnan(top) if bad != bad else top == math.inf)
+    assert _xp.max_abs(xp.asarray(np.array([[-7, 3]]))) == 7.0
+
+
 def test_one_pass_checks_on_a_large_block_and_nonfloat():
     x = torch.randn(2048, 300, generator=torch.Generator().manual_seed(3))
     x[-1, -1] = math.nan
