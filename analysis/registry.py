@@ -296,5 +296,9 @@ def redraw(name, folder=None, out=None):
     path = folder / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"no JSON to redraw {name!r} from: {path} does not exist")
-    fig = DRAW[name](json.loads(path.read_text()))
+    try:
+        fig = DRAW[name](json.loads(path.read_text()))
+    except KeyError as exc:
+        raise ValueError(f"{path} lacks {exc}, which the drawing of {name!r} needs: an older "
+                         "JSON format; build the figure again") from exc
     return save_images(name, fig, folder if out is None else out)
