@@ -30,6 +30,12 @@ Examples:
   python -m analysis figures --only thm31_rate fig4_method_curves
   python -m analysis figures --fast --only ridge_effect --out /tmp/quick
   python -m analysis figures --only bench
+  python -m analysis figures --redraw                  # images again from figures/*.json
+  python -m analysis figures --redraw --only fig2_lr_robustness --out /tmp/quick
+
+--redraw runs nothing: it draws NAME.png and NAME.pdf again from an existing NAME.json (in
+figures/, or in --out), with the same drawing code as a build, and never writes the JSON.
+For a change of the drawing code only.
 """
 
 BENCH_HELP = """\
@@ -85,6 +91,8 @@ def _add_figures(sub):
                    help="allow --fast (or a rejected benchmark) to overwrite figures/")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the theory checks run before a full regeneration")
+    p.add_argument("--redraw", action="store_true",
+                   help="no run: redraw NAME.png/pdf from NAME.json in figures/ (or --out)")
     return p
 
 
@@ -190,6 +198,8 @@ def _figures(args):
     matplotlib.use("Agg")
     from .registry import build, default_names, is_committed, load_all, output_dir, progress, save
 
+    if args.redraw:
+        return _redraw(args)
     status = 0
     if not args.no_verify and not args.only:
         try:
@@ -216,6 +226,28 @@ def _figures(args):
               flush=True)
     if not names:
         print("(no figures registered)")
+    return status
+
+
+def _redraw(args):
+    from .registry import COMMITTED_DIR, DRAW, default_names, load_all, redraw
+
+    figures = load_all()
+    names = args.only or [n for n in default_names() if n in DRAW]
+    unknown = [n for n in names if n not in figures]
+    if unknown:
+        print(f"unknown figure(s): {', '.join(unknown)}; see `python -m analysis list`")
+        return 2
+    folder = args.out if args.out is not None else COMMITTED_DIR
+    status = 0
+    for name in names:
+        try:
+            paths = redraw(name, folder)
+        except ValueError as exc:
+            print(f"{name:<28} not redrawn: {exc}")
+            status = 1
+            continue
+        print(f"{name:<28} redrawn -> {paths[0].parent}/{name}.png, .pdf", flush=True)
     return status
 
 

@@ -43,6 +43,7 @@ from .registry import figure
 __all__ = [
     "Problem",
     "excess_error",
+    "draw",
     "figure_from_json",
     "main",
     "make_problem",
@@ -921,13 +922,16 @@ def figure_from_json(path):
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"json_path: no benchmark JSON at {path}")
-    data = json.loads(path.read_text())
     try:
-        series, sizes = data["series"], data["settings"]["sizes"]
-        tables = [series[k] for k in ("projection", "hard", "floor", "optimizers")]
+        return draw(json.loads(path.read_text()))
     except KeyError as exc:
         raise ValueError(f"json_path: {path} is not a benchmark JSON (missing {exc})") from exc
-    return _plot(*tables, sizes)
+
+
+def draw(data):
+    """The benchmark figure from its JSON dict (the registry's ``draw`` of ``bench``)."""
+    series, sizes = data["series"], data["settings"]["sizes"]
+    return _plot(*[series[k] for k in ("projection", "hard", "floor", "optimizers")], sizes)
 
 
 def _fmt_time(t):
@@ -1026,7 +1030,6 @@ def run(fast=False, *, attempts=None):
     target_m = 2048 if 2048 in cfg["sizes"] else max(cfg["sizes"])
     targets = _targets(proj, floors, opt_rows, target_m)
     env["wall_s"] = time.perf_counter() - t_start
-    fig = _plot(proj, hard, floors, opt_rows, cfg["sizes"])
     notes = _notes(targets, skipped, fast, verdict)
     settings = dict(
         fast=fast, n_rows=N_ROWS, realistic_ratio=REALISTIC_RATIO, hard_ratios=HARD_RATIOS,
@@ -1036,7 +1039,7 @@ def run(fast=False, *, attempts=None):
     series = dict(projection=proj, hard=hard, floor=floors, optimizers=opt_rows,
                   seven_b=seven, skipped=skipped, gpt2=gpt2_rows, gpt2_profile=gpt2_profile)
     metrics = dict(targets=targets, scaling_exponent=scaling, gpt2_targets=gpt2_targets)
-    result = FigureResult(fig, settings, series, metrics, notes,
+    result = FigureResult(None, settings, series, metrics, notes,
                           extra={"description": "speed, accuracy and memory benchmark (issue 9)",
                                  "acceptance": verdict})
     return result, (proj, floors, hard, opt_rows, seven, scaling, targets, cfg["sizes"])
@@ -1085,7 +1088,8 @@ def _notes(targets, skipped, fast, verdict=None):
 
 
 @figure("bench", "speed, accuracy and memory benchmark (on demand: `--only bench` or "
-        "`python -m analysis bench`; refuses a noisy machine)", on_demand=True, threads=None)
+        "`python -m analysis bench`; refuses a noisy machine)", on_demand=True, threads=None,
+        draw=lambda data: draw(data))
 def bench_figure(*, fast: bool):
     """The benchmark as a registered figure: prints its tables, returns the FigureResult."""
     result, tables = run(fast=fast)

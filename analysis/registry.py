@@ -8,12 +8,19 @@ not depend on the machine's core count; :func:`save` writes ``NAME.png``, ``NAME
 of the JSON (keys ``seconds``, ``seconds_*``, ``*_seconds`` are dropped: they differ on every
 run); the CLI prints them instead.
 
+A builder registered with ``draw=fn`` draws through ``fn(data) -> Figure``, where ``data`` is
+the figure's JSON sidecar as a dict (``settings``, ``series``, ``metrics``, ``notes``): the
+builder returns its numbers with ``fig=None`` and the registry draws them from the very dict
+it writes (:func:`sidecar`, read back through JSON), so :func:`redraw` rebuilds ``NAME.png``
+and ``NAME.pdf`` from a committed ``NAME.json`` with the same drawing as a build.
+
 A figure registered with ``on_demand=True`` (the benchmark) is listed but only built when asked
 for by name (``--only``).
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -39,8 +46,10 @@ __all__ = [
     "output_dir",
     "progress",
     "quiet",
+    "redraw",
     "save",
     "save_images",
+    "sidecar",
 ]
 
 #: Modules that register figures; each is imported by :func:`load_all`.
@@ -58,6 +67,8 @@ FIGURES: dict[str, tuple[str, object]] = {}
 ON_DEMAND: set[str] = set()
 #: Thread count each builder runs with (None: the machine's default, for timing).
 THREADS: dict[str, int | None] = {}
+#: The drawing function of each figure: ``fn(data: dict) -> matplotlib Figure`` (data: JSON).
+DRAW: dict[str, object] = {}
 
 #: The committed figures (``figures/`` next to the ``analysis`` package).
 COMMITTED_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -75,23 +86,43 @@ class FigureResult:
     extra: dict = field(default_factory=dict)
 
 
-def figure(name, description, *, on_demand=False, threads=1):
+def figure(name, description, *, on_demand=False, threads=1, draw=None):
     """Decorator registering a figure builder under ``name``.
 
     ``on_demand``: built only when named (not by a plain ``figures`` run).  ``threads``: the
     torch/BLAS thread count the builder runs with (``None`` leaves the machine's default).
+    ``draw``: ``fn(data) -> Figure`` drawing the figure from its JSON dict; the decorated
+    builder then returns ``FigureResult(fig=None, ...)`` and the figure is drawn by ``draw``
+    from the sidecar of that result (see :func:`drawn`), the same call as :func:`redraw`.
     """
 
     def register(fn):
         if name in FIGURES:
             raise ValueError(f"figure {name!r} is registered twice")
-        FIGURES[name] = (description, fn)
+        builder = fn
+        if draw is not None:
+            DRAW[name] = draw
+
+            @functools.wraps(fn)
+            def builder(*args, **kwargs):
+                return drawn(name, fn(*args, **kwargs))
+
+        FIGURES[name] = (description, builder)
         THREADS[name] = threads
         if on_demand:
             ON_DEMAND.add(name)
-        return fn
+        return builder
 
     return register
+
+
+def drawn(name, result):
+    """``result`` with its figure drawn by ``DRAW[name]`` from its sidecar read back through
+    JSON (the dict :func:`save` writes, so a :func:`redraw` draws the same inputs)."""
+    if result.fig is None and name in DRAW:
+        data = json.loads(json.dumps(sidecar(name, result), sort_keys=True))
+        result.fig = DRAW[name](data)
+    return result
 
 
 def default_names():
@@ -228,10 +259,10 @@ def save_images(name, fig, out_dir):
     return paths
 
 
-def save(name, result: FigureResult, out_dir):
-    """Write ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` into ``out_dir``; return the paths."""
-    paths = [*save_images(name, result.fig, out_dir), Path(out_dir) / f"{name}.json"]
-    sidecar = {
+def sidecar(name, result: FigureResult):
+    """The JSON dict written as ``NAME.json`` for ``result`` (timings dropped, arrays as lists,
+    NaN/Inf as None)."""
+    data = {
         "figure": name,
         "description": FIGURES[name][0] if name in FIGURES else "",
         "notes": result.notes,
@@ -241,6 +272,33 @@ def save(name, result: FigureResult, out_dir):
         **result.extra,
     }
     if name not in ON_DEMAND:  # the benchmark's result *is* its times
-        sidecar = drop_timings(sidecar)
-    paths[2].write_text(json.dumps(to_jsonable(sidecar), indent=1, sort_keys=True) + "\n")
+        data = drop_timings(data)
+    return to_jsonable(data)
+
+
+def save(name, result: FigureResult, out_dir):
+    """Write ``NAME.png``, ``NAME.pdf`` and ``NAME.json`` into ``out_dir``; return the paths."""
+    result = drawn(name, result)
+    paths = [*save_images(name, result.fig, out_dir), Path(out_dir) / f"{name}.json"]
+    paths[2].write_text(json.dumps(sidecar(name, result), indent=1, sort_keys=True) + "\n")
     return paths
+
+
+def redraw(name, folder=None, out=None):
+    """Draw ``NAME.png`` and ``NAME.pdf`` again from ``folder/NAME.json`` (default: the
+    committed ``figures/``) into ``out`` (default: ``folder``), without running anything; the
+    JSON is only read.  Returns the two image paths.  ``ValueError`` when the figure has no
+    drawing function or the JSON is missing."""
+    load_all()
+    if name not in DRAW:
+        raise ValueError(f"figure {name!r} has no drawing function (draw=) to redraw with")
+    folder = Path(folder) if folder is not None else COMMITTED_DIR
+    path = folder / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"no JSON to redraw {name!r} from: {path} does not exist")
+    try:
+        fig = DRAW[name](json.loads(path.read_text()))
+    except KeyError as exc:
+        raise ValueError(f"{path} lacks {exc}, which the drawing of {name!r} needs: an older "
+                         "JSON format; build the figure again") from exc
+    return save_images(name, fig, folder if out is None else out)

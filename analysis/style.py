@@ -30,6 +30,7 @@ __all__ = [
     "family",
     "figure_title",
     "integer_ticks",
+    "method_order",
     "method_style",
     "sweep_colors",
     "use",
@@ -113,6 +114,20 @@ def method_style(label):
     return {"color": color, "ls": ls}
 
 
+def method_order(labels):
+    """``labels`` in the legend order of every figure: by family (the order of
+    :data:`FAMILY_COLORS`), then by the iteration count K, then alphabetically.  A figure drawn
+    from its JSON (whose keys are sorted) gets the same order as one drawn from a run."""
+    fams = list(FAMILY_COLORS)
+
+    def key(label):
+        fam = family(label)
+        return (fams.index(fam) if fam in fams else len(fams), _iterations(label) or 0,
+                str(label))
+
+    return sorted(labels, key=key)
+
+
 def add_band_note(ax, text=BAND_MINMAX, *, loc="lower left"):
     """Print what the shaded bands mean inside the axes (small grey text)."""
     x, ha = (0.01, "left") if "left" in loc else (0.99, "right")
@@ -138,7 +153,7 @@ def integer_ticks(axis):
     """Only integer tick positions on ``axis`` (``ax.xaxis`` or ``ax.yaxis``): ranks, counts."""
     from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 2.5, 5, 10]))
 
 
 def figure_title(fig):

@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from analysis.style import method_style, sweep_colors
 from lowrank_prox import LowRankSum, lorsum, scaled_lorsum, scaled_lorsum_objective, truncated_svd
 from lowrank_prox.metrics import fractional_power, kfac_diagonal, shampoo_diagonal
 from lowrank_prox.nn import LoRALinear
@@ -223,6 +224,15 @@ methods = {
     "Shampoo p=1/4": lambda mo, lr: ScaledPSILoRA(mo, lr, metric="shampoo", power=0.25, seed=0),
     "Shampoo p=1/2": lambda mo, lr: ScaledPSILoRA(mo, lr, metric="shampoo", power=0.5, seed=0),
 }
+# One style per method, as in the figures (analysis/style.py): PSI-LoRA green, the Scaled
+# PSI-LoRA metrics shades of red (darker: larger power p), solid K-FAC, dashed Shampoo.
+_reds = sweep_colors([0.25, 0.5, 1.0], "Reds", lo=0.45, hi=1.0)
+styles = {"PSI-LoRA (no metric)": method_style("PSI-LoRA x1")}
+for name in methods:
+    if name != "PSI-LoRA (no metric)":
+        p = {"1/4": 0.25, "1/2": 0.5, "1": 1.0}[name.split("p=")[1]]
+        styles[name] = {"color": _reds[p], "ls": "-" if name.startswith("K-FAC") else "--"}
+
 final, curves = {}, {}
 for name, make in methods.items():
     runs = [train(make, lr) for lr in lrs]
@@ -237,8 +247,7 @@ for name, vals in final.items():
 fig, ax = plt.subplots(figsize=(6.5, 4))
 cap = 10.0
 for name, vals in final.items():
-    ax.loglog(lrs, np.minimum(vals, cap), marker="o", label=name,
-              ls="--" if name.startswith("PSI") else "-")
+    ax.loglog(lrs, np.minimum(vals, cap), marker="o", label=name, **styles[name])
 ax.axhline(1.0, color="gray", lw=0.8)
 ax.set_xlabel("learning rate")
 ax.set_ylabel(f"final relative loss (diverged plotted at {cap:g})")
@@ -255,7 +264,7 @@ for name, vals in final.items():
     j = int(np.argmin(vals))
     hist = curves[name][j][1]
     ax.semilogy(np.arange(1, len(hist) + 1), hist, label=f"{name}, lr {lrs[j]:g}",
-                ls="--" if name.startswith("PSI") else "-")
+                **styles[name])
 ax.set_xlabel("step")
 ax.set_ylabel("relative loss")
 ax.legend(fontsize=8)

@@ -212,6 +212,7 @@ def run_matrix_regression(cfg: RegressionConfig):
     "geolora_matrix_regression",
     "GeoLoRA Fig 5 claim (reconstructed): S-entry traces of simultaneous GD at its largest "
     "stable lr vs GeoLoRA at a much larger lr; loss curves with PSI-LoRA and SVDLoRA",
+    draw=lambda data: _draw_matrix_regression(data),
 )
 def geolora_matrix_regression(*, fast: bool = False):
     cfg = RegressionConfig.fast() if fast else RegressionConfig()
@@ -223,14 +224,7 @@ def geolora_matrix_regression(*, fast: bool = False):
     S_geo = _pad_S(geo["S"], int(geo["rank"].max()))
     offdiag = S_sim[-1] - np.diag(np.diag(S_sim[-1]))
 
-    labels = {
-        "simgd": f"Simultaneous GD, lr {lr_sim:.3g} (largest stable)",
-        "simgd_best": f"Simultaneous GD, lr {lr_best:.3g} (best final loss)",
-        "psilora": f"PSI-LoRA ×1, lr {cfg.geolora_lr:g}, rank {cfg.rank0}",
-        "svdlora": f"SVDLoRA, lr {cfg.geolora_lr:g}, rank {cfg.rank0}",
-        "geolora": f"GeoLoRA, lr {cfg.geolora_lr:g} (dashed, on top of SVDLoRA)",
-    }
-    fig = _plot_matrix_regression(runs, labels, S_sim, S_geo, cfg, lr_sim)
+    labels = _loss_labels(cfg.geolora_lr, cfg.rank0, lr_sim, lr_best)
 
     scan_lrs = sorted(scan)
     stride = cfg.stride
@@ -279,6 +273,7 @@ def geolora_matrix_regression(*, fast: bool = False):
         "loss_simgd_at_geolora_lr": runs["simgd_at_geolora_lr"]["loss"],
         "rank_geolora": geo["rank"],
         "S_simgd_every_stride": S_sim[::stride].reshape(-1, cfg.rank0 ** 2),
+        "S_simgd_diag": np.diagonal(S_sim, axis1=1, axis2=2),  # every iteration: it oscillates
         "S_geolora_diag_every_stride": np.diagonal(S_geo, axis1=1, axis2=2)[::stride],
         "lr_scan": {
             "lr": scan_lrs,
@@ -289,7 +284,18 @@ def geolora_matrix_regression(*, fast: bool = False):
     settings = {k: v for k, v in asdict(cfg).items() if k != "lr_grid"}
     settings["lr_grid"] = [scan_lrs[0], scan_lrs[-1], len(scan_lrs)]
     settings["fast"] = fast
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
+
+
+def _loss_labels(lr, rank0, lr_sim, lr_best):
+    """The legend of the loss panel, per run key."""
+    return {
+        "simgd": f"Simultaneous GD, lr {lr_sim:.3g} (largest stable)",
+        "simgd_best": f"Simultaneous GD, lr {lr_best:.3g} (best final loss)",
+        "psilora": f"PSI-LoRA ×1, lr {lr:g}, rank {rank0}",
+        "svdlora": f"SVDLoRA, lr {lr:g}, rank {rank0}",
+        "geolora": f"GeoLoRA, lr {lr:g} (dashed, on top of SVDLoRA)",
+    }
 
 
 def _loss_draw():
@@ -305,47 +311,66 @@ def _loss_draw():
     }
 
 
-def _plot_S_entries(ax, S, color):
-    """Diagonal entries of the S traces in ``color``, off-diagonal ones thin grey."""
-    t = np.arange(S.shape[0])
+def _plot_S_entries(ax, t, S, color, diag=None):
+    """Diagonal entries of the S traces in ``color`` (``diag``: at every iteration, else those
+    of ``S``), off-diagonal ones thin grey (at the iterations ``t``)."""
     r = S.shape[1]
     off = ~np.eye(r, dtype=bool)
     ax.plot(t, S[:, off], color="0.6", lw=0.4, alpha=0.6)
-    ax.plot(t, np.diagonal(S, axis1=1, axis2=2), color=color, lw=0.8)
+    if diag is None:
+        ax.plot(t, np.diagonal(S, axis1=1, axis2=2), color=color, lw=0.8)
+    else:
+        ax.plot(np.arange(len(diag)), diag, color=color, lw=0.8)
     ax.plot([], [], color=color, lw=0.8, label=r"diagonal entries $S_{ii}$")
     ax.plot([], [], color="0.6", lw=0.8, label=r"off-diagonal entries $S_{ij}$")
 
 
-def _plot_matrix_regression(runs, labels, S_sim, S_geo, cfg, lr_sim):
-    """The four panels of :func:`geolora_matrix_regression` (drawing only)."""
+def _draw_matrix_regression(data):
+    """The four panels of :func:`geolora_matrix_regression`, from its JSON."""
     import matplotlib.pyplot as plt
 
     use()
-    geo = runs["geolora"]
-    r_star = len(cfg.spectrum)
+    cfg, series, m = data["settings"], data["series"], data["metrics"]
+    r0, stride, lr = cfg["rank0"], cfg["stride"], cfg["geolora_lr"]
+    lr_sim = m["simgd_max_stable_lr"]
+    labels = _loss_labels(lr, r0, lr_sim, m["simgd_best_lr"])
+    losses = {k: np.asarray(v, dtype=float) for k, v in series["loss"].items()}  # None: a gap
+    S_sim = np.asarray(series["S_simgd_every_stride"], dtype=float).reshape(-1, r0, r0)
+    diag = np.asarray(series["S_geolora_diag_every_stride"], dtype=float)
+    kept = np.isfinite(diag)  # GeoLoRA's S is diagonal: off-diagonal 0 where the rank keeps both
+    S_geo = np.where(kept[:, :, None] & kept[:, None, :], 0.0, np.nan)
+    idx = np.arange(diag.shape[1])
+    S_geo[:, idx, idx] = diag
+    t = stride * np.arange(len(S_sim))
+    rank = np.asarray(series["rank_geolora"])
+    r_star = len(cfg["spectrum"])
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.6), constrained_layout=True)
     ax = axes[0, 0]
-    _plot_S_entries(ax, S_sim, FAMILY_COLORS["Simultaneous GD"])
+    _plot_S_entries(ax, t, S_sim, FAMILY_COLORS["Simultaneous GD"],
+                    np.asarray(series["S_simgd_diag"], dtype=float))
     ax.set(title=f"(a) simultaneous GD on U, S, V, lr = {lr_sim:.3g} (largest stable)",
-           xlabel="iteration", ylabel=f"entries of the {cfg.rank0}×{cfg.rank0} core S")
+           xlabel=f"iteration (off-diagonal entries drawn every {stride} iterations)",
+           ylabel=f"entries of the {r0}×{r0} core S")
     ax.legend(loc="lower left")
     ax = axes[0, 1]
-    _plot_S_entries(ax, S_geo, FAMILY_COLORS["GeoLoRA"])
-    for i, sv in enumerate(cfg.spectrum):
+    _plot_S_entries(ax, t, S_geo, FAMILY_COLORS["GeoLoRA"])
+    for i, sv in enumerate(cfg["spectrum"]):
         ax.axhline(sv, color="k", ls=":", lw=0.8,
                    label="singular values of the target W*" if i == 0 else None)
-    ax.set(title=f"(b) GeoLoRA, lr = {cfg.geolora_lr:g}, τ = {cfg.tau:g}",
-           xlabel="iteration",
+    ax.set(title=f"(b) GeoLoRA, lr = {lr:g}, τ = {cfg['tau']:g}",
+           xlabel=f"iteration (S drawn every {stride} iterations)",
            ylabel="entries of the core S (drawn while the rank keeps them)")
     ax.legend(loc="center right")
     ax = axes[1, 0]
     floor, draw = 1e-30, _loss_draw()
     for key, label in labels.items():
-        ax.semilogy(np.maximum(runs[key]["loss"], floor), label=label, **draw[key])
+        ax.semilogy(np.maximum(losses[key], floor), label=label, **draw[key])
     ax.set(title="(c) loss of each method from the same start", xlabel="iteration",
            ylabel=r"loss $L(W) = \|XW^\top - Y\|^2 / 2N$")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=7)
-    ratio = runs["geolora"]["loss"] / runs["svdlora"]["loss"]
+    ratio = losses["geolora"] / losses["svdlora"]
+    for a in axes.flat[:3]:
+        integer_ticks(a.xaxis)
     ins = ax.inset_axes([0.06, 0.06, 0.42, 0.3])
     ins.plot(ratio, color=FAMILY_COLORS["GeoLoRA"], lw=1)
     ins.axhline(1.0, color=FAMILY_COLORS["SVDLoRA"], lw=0.8)
@@ -353,12 +378,12 @@ def _plot_matrix_regression(runs, labels, S_sim, S_geo, cfg, lr_sim):
     ins.tick_params(labelsize=6)
     ins.grid(True, alpha=0.3)
     ax = axes[1, 1]
-    ax.plot(geo["rank"], color=FAMILY_COLORS["GeoLoRA"], lw=1.6, label="GeoLoRA rank")
+    ax.plot(rank, color=FAMILY_COLORS["GeoLoRA"], lw=1.6, label="GeoLoRA rank")
     ax.axhline(r_star, color="k", ls=":", label=f"target rank {r_star}")
     ax.set(title="(d) GeoLoRA rank (linear axis up to 10 iterations, then log)",
-           xlabel="iteration", ylabel="rank", ylim=(0, cfg.rank0 + 1))
+           xlabel="iteration", ylabel="rank", ylim=(0, r0 + 1))
     ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlim(0, len(geo["rank"]) - 1)
+    ax.set_xlim(0, len(rank) - 1)
     integer_ticks(ax.yaxis)
     ax.legend()
     fig.suptitle("Matrix regression: simultaneous GD vs GeoLoRA, PSI-LoRA, SVDLoRA\n"
@@ -397,6 +422,7 @@ class RankConfig:
     "geolora_rank_adaptivity",
     "Final rank and error vs initial rank (under- and over-estimated) on a target of known "
     "rank: GeoLoRA vs fixed-rank SVDLoRA and PSI-LoRA",
+    draw=lambda data: _draw_rank_adaptivity(data),
 )
 def geolora_rank_adaptivity(*, fast: bool = False):
     cfg = RankConfig.fast() if fast else RankConfig()
@@ -418,8 +444,6 @@ def geolora_rank_adaptivity(*, fast: bool = False):
             res[k]["final_loss"].append(float(run["loss"][-1]))
             if k == "geolora":
                 rank_traces[str(r0)] = run["rank"]
-
-    fig = _plot_rank_adaptivity(cfg, res, floors, rank_traces)
 
     geo = res["geolora"]
     small = res["geolora_small_tau"]
@@ -481,17 +505,17 @@ def geolora_rank_adaptivity(*, fast: bool = False):
         "geolora_rank_traces": rank_traces,
     }
     settings = {**asdict(cfg), "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
-def _rank_draw(cfg):
+def _rank_draw(tau, small_tau):
     """Label and style of each method of :func:`geolora_rank_adaptivity` (SVDLoRA and PSI-LoRA
     both keep the initial rank: big open squares around small filled triangles)."""
     brown = FAMILY_COLORS["GeoLoRA"]
     return {
-        "geolora": (f"GeoLoRA (τ = {cfg.tau:g})",
+        "geolora": (f"GeoLoRA (τ = {tau:g})",
                     dict(color=brown, ls="-", marker="o", ms=6, zorder=4)),
-        "geolora_small_tau": (f"GeoLoRA (τ = {cfg.small_tau:g})",
+        "geolora_small_tau": (f"GeoLoRA (τ = {small_tau:g})",
                               dict(color="#d2a06e", ls="-", marker="D", ms=5, zorder=3)),
         "svdlora": ("SVDLoRA (fixed rank)",
                     dict(color=FAMILY_COLORS["SVDLoRA"], ls="--", marker="s", ms=9, mfc="none",
@@ -501,26 +525,32 @@ def _rank_draw(cfg):
     }
 
 
-def _plot_rank_adaptivity(cfg, res, floors, rank_traces):
-    """The three panels of :func:`geolora_rank_adaptivity` (drawing only)."""
+def _draw_rank_adaptivity(data):
+    """The three panels of :func:`geolora_rank_adaptivity`, from its JSON."""
     import matplotlib.pyplot as plt
 
     use()
-    r_star = len(cfg.spectrum)
-    draw = _rank_draw(cfg)
+    cfg, series = data["settings"], data["series"]
+    ranks0 = series["ranks0"]
+    res = {k: {q: np.asarray(series[f"{k}_{q}"], dtype=float) for q in ("final_rank", "rel_error")}
+           for k in ("geolora", "geolora_small_tau", "svdlora", "psilora")}
+    floors = data["metrics"]["eckart_young_floor"]
+    rank_traces = sorted(series["geolora_rank_traces"].items(), key=lambda kv: int(kv[0]))
+    r_star = len(cfg["spectrum"])
+    draw = _rank_draw(cfg["tau"], cfg["small_tau"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 5.0), constrained_layout=True)
     ax = axes[0]
     for k, (label, style) in draw.items():
-        ax.plot(cfg.ranks0, res[k]["final_rank"], label=label, **style)
+        ax.plot(ranks0, res[k]["final_rank"], label=label, **style)
     ax.axhline(r_star, color="k", lw=0.8, ls="-.", label=f"target rank {r_star}", zorder=1)
     ax.set(xlabel="initial rank r0", ylabel="final rank after "
-           f"{cfg.iters} iterations", title="(a) final rank (fixed-rank methods: = r0)")
+           f"{cfg['iters']} iterations", title="(a) final rank (fixed-rank methods: = r0)")
     integer_ticks(ax.xaxis)
     integer_ticks(ax.yaxis)
     ax = axes[1]
     for k, (_label, style) in draw.items():
-        ax.semilogy(cfg.ranks0, np.maximum(res[k]["rel_error"], 1e-16), **style)
-    ax.semilogy(cfg.ranks0, np.maximum(floors, 1e-16), "k-", lw=0.8,
+        ax.semilogy(ranks0, np.maximum(res[k]["rel_error"], 1e-16), **style)
+    ax.semilogy(ranks0, np.maximum(floors, 1e-16), "k-", lw=0.8,
                 label="best error of a rank-r0 matrix (Eckart–Young; 0 drawn at 1e-16)")
     ax.set(xlabel="initial rank r0", ylabel=r"final relative error $\|W - W^*\| / \|W^*\|$",
            title="(b) final relative error")
@@ -529,20 +559,20 @@ def _plot_rank_adaptivity(cfg, res, floors, rank_traces):
     h1, l1 = ax.get_legend_handles_labels()
     fig.legend(handles + h1, labels + l1, loc="outside lower center", ncol=6, fontsize=7.5)
     ax = axes[2]
-    colors = sweep_colors([int(r0) for r0 in rank_traces])
-    for j, (r0, tr) in enumerate(rank_traces.items()):
+    colors = sweep_colors([int(r0) for r0, _ in rank_traces])
+    for j, (r0, tr) in enumerate(rank_traces):
         # larger r0 first and wider, so coinciding traces stay visible underneath
         ax.plot(tr, color=colors[int(r0)], lw=1 + 2.5 * (1 - j / max(len(rank_traces) - 1, 1)),
                 label=f"r0 = {r0}", zorder=2 + j, drawstyle="steps-post")
     ax.axhline(r_star, color="k", lw=0.8, ls="-.", zorder=1)
     ax.set_xscale("symlog", linthresh=1)
     ax.set(xlabel="iteration (linear up to 1, then log)", ylabel="rank",
-           title=f"(c) GeoLoRA (τ = {cfg.tau:g}) rank over the iterations")
-    ax.set_xlim(0, cfg.iters)
+           title=f"(c) GeoLoRA (τ = {cfg['tau']:g}) rank over the iterations")
+    ax.set_xlim(0, cfg["iters"])
     integer_ticks(ax.yaxis)
     ax.legend(fontsize=7, ncol=2, title="initial rank", title_fontsize=7)
     fig.suptitle(f"Rank adaptivity: does GeoLoRA find the rank {r_star} of the target from any "
-                 f"initial rank? (matrix regression, lr {cfg.lr:g}, {cfg.iters} iterations)")
+                 f"initial rank? (matrix regression, lr {cfg['lr']:g}, {cfg['iters']} iterations)")
     return fig
 
 
@@ -594,13 +624,42 @@ def _linear_task_methods():
     return methods
 
 
+def _draw_linear_task(data):
+    """One panel: mean excess per epoch and its min–max band over seeds, per method."""
+    import matplotlib.pyplot as plt
+
+    from ..style import method_order
+
+    use()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for label in method_order(data["series"]):
+        s = data["series"][label]
+        mean, lo, hi = (np.maximum(np.asarray(s[k], dtype=float), 1e-12)
+                        for k in ("mean", "min", "max"))  # log axis: ≥ 0 up to rounding
+        epochs = np.arange(len(mean))
+        style = _linear_task_style(label)
+        ax.plot(epochs, mean, label=label, lw=1.4, **style)
+        ax.fill_between(epochs, lo, hi, color=style["color"], alpha=0.15, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch (full batch: one step per epoch)")
+    ax.set_ylabel("excess loss over the best rank-r fit\n"
+                  r"$\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$ (log scale)")
+    integer_ticks(ax.xaxis)
+    ax.set_title("Linear task (full batch, companion of Fig 1a):\nGeoLoRA beside PSI-LoRA "
+                 "and SVDLoRA")
+    ax.legend(fontsize=8, loc="center right")
+    n = len(data["settings"]["seeds"])
+    add_band_note(ax, BAND_MINMAX + f" ({n} seeds)" if n > 1 else "one seed: no band")
+    fig.tight_layout()
+    return fig
+
+
 @figure(
     "geolora_linear_task",
     "GeoLoRA beside PSI-LoRA and SVDLoRA on the linear task, full batch (companion of Fig 1a)",
+    draw=_draw_linear_task,
 )
 def geolora_linear_task(*, fast: bool = False):
-    import matplotlib.pyplot as plt
-
     from analysis.experiments.linear import LinearTaskConfig, config_dict, run_method
 
     if fast:
@@ -608,8 +667,6 @@ def geolora_linear_task(*, fast: bool = False):
     else:
         config, seeds = LinearTaskConfig(), (0, 1, 2, 3, 4)
     series, metrics, settings = {}, {"initial_excess": None}, {}
-    use()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for method in progress(_linear_task_methods(), desc="geolora linear"):
         ex, seconds = run_method(config, method, seeds=seeds)
         key = re.sub(r"[^A-Za-z0-9]+", "_", method.label).strip("_")
@@ -618,20 +675,6 @@ def geolora_linear_task(*, fast: bool = False):
         metrics[f"seconds_{key}"] = seconds
         metrics["initial_excess"] = float(ex[:, 0].mean())
         settings[method.label] = method.settings
-        epochs = np.arange(ex.shape[1])
-        floor = np.maximum(ex, 1e-12)
-        style = _linear_task_style(method.label)
-        ax.plot(epochs, floor.mean(0), label=method.label, lw=1.4, **style)
-        ax.fill_between(epochs, floor.min(0), floor.max(0), color=style["color"],
-                        alpha=0.15, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch (full batch: one step per epoch)")
-    ax.set_ylabel(r"excess loss $\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$")
-    ax.set_title("Linear task (full batch, companion of Fig 1a):\nGeoLoRA beside PSI-LoRA "
-                 "and SVDLoRA")
-    ax.legend(fontsize=8, loc="center right")
-    add_band_note(ax, BAND_MINMAX if len(seeds) > 1 else "one seed: no band")
-    fig.tight_layout()
     fmt = ", ".join(f"{k.removeprefix('final_excess_')} {v:.3g}"
                     for k, v in metrics.items() if k.startswith("final_excess_"))
     notes = (
@@ -640,7 +683,7 @@ def geolora_linear_task(*, fast: bool = False):
         f"in the paper's Fig 1. Mean final excess over seeds {list(seeds)}: {fmt}."
     )
     return FigureResult(
-        fig,
+        None,
         {"config": config_dict(config), "seeds": list(seeds), "methods": settings, "fast": fast},
         series,
         metrics,

@@ -28,7 +28,7 @@ from analysis.experiments.linear import (
     run_linear,
 )
 from analysis.registry import FigureResult, figure, progress
-from analysis.style import BAND_MINMAX
+from analysis.style import BAND_MINMAX, integer_ticks
 
 SEEDS = (0, 1, 2, 3, 4)
 FAST_SEEDS = (0, 1)
@@ -100,28 +100,87 @@ def run_setting(setting, config, seeds, *, momentum_ranks=(1,), diagnostics=Fals
 CHECKPOINTS = (10, 25, 50, 100)
 
 
-def _plot(results, title, labels=None):
+#: The y label of every linear-task figure (the excess over the Eckart–Young floor).
+EXCESS_LABEL = ("excess loss over the best rank-r fit\n"
+                r"$\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$ (log scale)")
+
+
+def _draw_excess(ax, series, labels, style=None, name=str):
+    """Mean excess per epoch (line) and its min–max band over seeds, one curve per label."""
+    from analysis.style import method_style
+
+    for label in labels:
+        s = series[label]
+        mean, lo, hi = (np.maximum(np.asarray(s[k], dtype=float), 1e-12)
+                        for k in ("mean", "min", "max"))  # log axis: ≥ 0 up to rounding
+        epochs = np.arange(len(mean))
+        st = style(label) if style is not None else method_style(label)
+        ax.plot(epochs, mean, st["ls"], color=st["color"], label=name(label), lw=1.4)
+        ax.fill_between(epochs, lo, hi, color=st["color"], alpha=0.12, lw=0)
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(EXCESS_LABEL)
+    integer_ticks(ax.xaxis)
+
+
+def _band_text(data):
+    return BAND_MINMAX + f" ({len(data['settings']['seeds'])} seeds)"
+
+
+def _drawer(title):
+    """The drawing of fig1: every method of the JSON, one panel."""
+
+    def draw(data):
+        import matplotlib.pyplot as plt
+
+        from analysis.style import add_band_note, method_order, use
+
+        use()
+        fig, ax = plt.subplots(figsize=(6.4, 4.8))
+        _draw_excess(ax, data["series"], method_order(data["series"]))
+        ax.set_title(title)
+        ax.legend(fontsize=6, ncol=2)
+        add_band_note(ax, _band_text(data))
+        fig.tight_layout()
+        return fig
+
+    return draw
+
+
+def _draw_momentum_rank(data):
+    """fig5: one panel per variant (as published, balanced); colour = K, line style = r_M."""
     import matplotlib.pyplot as plt
 
     from analysis.style import add_band_note, method_style, use
 
     use()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for label, (ex, *_) in results.items():
-        if labels is not None and label not in labels:
-            continue
-        ex = np.maximum(ex, 1e-12)  # log axis; values are ≥ 0 up to float64 rounding
-        epochs = np.arange(ex.shape[1])
-        style = method_style(label)
-        ax.plot(epochs, ex.mean(0), style["ls"], color=style["color"], label=label, lw=1.4)
-        ax.fill_between(epochs, ex.min(0), ex.max(0), color=style["color"], alpha=0.12, lw=0)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(r"excess loss $\|W - W_*^T\|^2 - \sum_{i>r}\sigma_i^2$")
-    ax.set_title(title)
-    ax.legend(fontsize=6, ncol=2)
-    add_band_note(ax)
-    fig.tight_layout()
+    series = data["series"]
+    dashes = {"rM=r": "-", "rM=2r": "--", "rM=4r": "-."}
+
+    def style(label):
+        if label == "SVDLoRA":
+            return method_style(label)
+        rm = next(k for k in dashes if f" {k}," in label)
+        return {"color": method_style(label.split(" rM")[0])["color"], "ls": dashes[rm]}
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True, layout="constrained")
+    for ax, (tag, title) in zip(axes, ((PUB, "(a) PSI-LoRA as published (no balancing)"),
+                                       (BAL, "(b) PSI-LoRA balanced (this project's default)")),
+                                strict=True):
+        shown = sorted((lab for lab in series
+                        if lab == "SVDLoRA" or (lab.endswith(tag) and "x2 " not in lab)),
+                       key=lambda lab: (0, 0, 0) if lab == "SVDLoRA" else (
+                           1, int(re.search(r"x(\d+)", lab).group(1)),
+                           [f" {k}," in lab for k in dashes].index(True)))
+        _draw_excess(ax, series, shown, style,
+                     name=lambda lab: lab.split(",")[0].replace("rM=", "rM = "))
+        ax.set_title(title)
+        ax.legend(fontsize=6.5, ncol=2, title="momentum rank rM: solid r, dashed 2r, "
+                  "dash-dot 4r", title_fontsize=6.5, loc="upper right")
+        add_band_note(ax, _band_text(data))
+    axes[1].set_ylabel("")
+    fig.suptitle("Linear task (mini-batch, momentum 0.75): rank rM of the momentum, "
+                 "PSI-LoRA x1 and x8 vs SVDLoRA")
     return fig
 
 
@@ -197,7 +256,8 @@ def _checkpoints(metrics, label, epochs):
 
 
 @figure("fig1_linear_fullbatch",
-        "Linear task, full batch, no momentum: excess loss vs epoch (paper Fig 1a, SPEC §9)")
+        "Linear task, full batch, no momentum: excess loss vs epoch (paper Fig 1a, SPEC §9)",
+        draw=_drawer("Linear task (full batch, no momentum)"))
 def fig1_linear_fullbatch(*, fast=False):
     config = _config("fullbatch", fast)
     seeds = FAST_SEEDS if fast else SEEDS
@@ -223,10 +283,9 @@ def fig1_linear_fullbatch(*, fast=False):
                     for lab in ("LoRA SGD", "LoRA AdamW", "RPLoRA SGD", "RPLoRA AdamW"))
         + "."
     )
-    fig = _plot(results, "Linear task (full batch)")
     settings = {"config": config_dict(config), "seeds": list(seeds), "ridge_lambda0": 1e-3,
                 "band": BAND_MINMAX, "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
 PUB, BAL = "as published (unbalanced)", "balanced"
@@ -254,7 +313,8 @@ def _diagnostic(results, metrics):
 
 
 @figure("fig1_linear_minibatch",
-        "Linear task, batch 64, momentum 0.75: excess loss vs epoch (paper Fig 1b, SPEC §9)")
+        "Linear task, batch 64, momentum 0.75: excess loss vs epoch (paper Fig 1b, SPEC §9)",
+        draw=_drawer("Linear task (mini-batch 64, momentum 0.75)"))
 def fig1_linear_minibatch(*, fast=False):
     config = _config("minibatch", fast)
     seeds = FAST_SEEDS if fast else SEEDS
@@ -297,17 +357,17 @@ def fig1_linear_minibatch(*, fast=False):
         + ". Mini-batch noise sets a floor for every method; LoRA SGD/AdamW and RPLoRA use the "
         "paper's per-method learning rates." + _rises(results) + diag
     )
-    fig = _plot(results, "Linear task (mini-batch, momentum 0.75)")
     settings = {"config": config_dict(config), "seeds": list(seeds), "momentum": 0.75,
                 "ridge_lambda0": 1e-3, "band": BAND_MINMAX, "fast": fast,
                 "variants": VARIANTS, "diagnostic": {DIAGNOSTIC[0]: DIAGNOSTIC[1]},
                 "checkpoints": [e for e in CHECKPOINTS if e <= E],
                 "auc": "mean over epochs 1..E of log10(mean excess)"}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
 @figure("fig5_momentum_rank",
-        "Momentum rank r, 2r, 4r for PSI-LoRA vs SVDLoRA, mini-batch linear task (paper Fig 5)")
+        "Momentum rank r, 2r, 4r for PSI-LoRA vs SVDLoRA, mini-batch linear task (paper Fig 5)",
+        draw=_draw_momentum_rank)
 def fig5_momentum_rank(*, fast=False):
     config = _config("minibatch", fast)
     seeds = FAST_SEEDS if fast else SEEDS
@@ -342,10 +402,8 @@ def fig5_momentum_rank(*, fast=False):
         "balancing, 1e-6 Gram jitter), 'balanced' = this project's default. The figure shows "
         "x1 and x8 (x2 only in the JSON)." + _rises(results)
     )
-    shown = [lab for lab in results if "x2 " not in lab]
-    fig = _plot(results, "Linear task (mini-batch): momentum rank", labels=shown)
     settings = {"config": config_dict(config), "seeds": list(seeds), "momentum": 0.75,
                 "momentum_ranks": ["r", "2r", "4r"], "ridge_lambda0": 1e-3,
                 "band": BAND_MINMAX, "fast": fast, "variants": VARIANTS,
                 "checkpoints": [e for e in CHECKPOINTS if e <= E]}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..experiments import realdata as R
 from ..registry import FigureResult, figure, progress
+from ..style import integer_ticks
 
 
 def _plt():
@@ -114,7 +115,7 @@ def _draw_lr_curves(ax, table, *, ylabel, cap, logy):
                                       neginf=cap) for k in ("mean", "min", "max"))
         if logy:  # perplexity: show everything above the cap at the cap
             mean, lo, hi = (np.minimum(v, cap) for v in (mean, lo, hi))
-        label = f"{row['label']}: {row['robust_decades']:.2f} decades"
+        label = f"{row['label']}: {row['robust_decades']:.2f}"
         ax.plot(lrs, mean, marker="o", ms=3, label=label, **st)
         ax.fill_between(lrs, lo, hi, color=st["color"], alpha=0.15, lw=0)
         bad = ~np.isfinite(np.array(row["mean"], dtype=float))
@@ -139,13 +140,63 @@ def _style_of(label):
     return method_style(label)
 
 
-@figure("fig2_lr_robustness",
-        "Char-LM LoRA fine-tuning: validation perplexity vs learning rate (7 LRs x 3 seeds per "
-        "method) and each method's LR-robustness width")
-def fig2_lr_robustness(*, fast: bool) -> FigureResult:
+def _plain_log_ticks(axis):
+    """Tick labels of a log axis as plain numbers (10, 20, 30), not 2×10¹."""
+    from matplotlib.ticker import FormatStrFormatter
+
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(FormatStrFormatter("%g"))
+
+
+def _robust_legend(ax, **kw):
+    ax.legend(title=f"method: LR range (decades) within {ROBUST_TOL:.0%} of its best",
+              title_fontsize=7, fontsize=7, **kw)
+
+
+def _draw_fig2(data):
     from ..style import BAND_MINMAX, add_band_note, use
 
     use()
+    settings, series, metrics = data["settings"], data["series"], data["metrics"]
+    methods, table = settings["methods"], metrics["methods"]
+    base_ppl, n_seeds = metrics["pretrained_val_ppl"], len(settings["seeds"])
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    _draw_lr_curves(ax1, {m: table[m] for m in methods},
+                    ylabel="final validation perplexity (lower is better)",
+                    cap=2 * metrics["uniform_ppl"], logy=True)
+    _plain_log_ticks(ax1.yaxis)
+    ax1.axhline(base_ppl, color="0.4", ls=":", lw=1,
+                label=f"pretrained model, no adapter ({base_ppl:.2f})")
+    ax1.set_title(f"(a) Final perplexity after {settings['config']['steps']} fine-tuning steps "
+                  "vs learning rate", fontsize=9)
+    _robust_legend(ax1, loc="upper left")
+    add_band_note(ax1, BAND_MINMAX + f" ({n_seeds} seeds); x at top: diverged",
+                  loc="lower right")
+    for m in methods:
+        row, s = table[m], series[m]
+        st = _style_of(row["label"])
+        ax2.plot(s["best_lr_steps"], s["best_lr_val_ppl_mean"],
+                 label=f"{row['label']} (lr {row['best_lr']:g})", **st)
+        if "best_lr_val_ppl_min" in s:  # JSON written before the band was kept: no band
+            ax2.fill_between(s["best_lr_steps"], s["best_lr_val_ppl_min"],
+                             s["best_lr_val_ppl_max"], color=st["color"], alpha=0.15, lw=0)
+    ax2.axhline(base_ppl, color="0.4", ls=":", lw=1, label="pretrained model, no adapter")
+    ax2.set(xlabel="fine-tuning step", ylabel="validation perplexity (lower is better)",
+            title="(b) Validation perplexity during training, each method at its best LR")
+    ax2.legend(fontsize=7)
+    if any("best_lr_val_ppl_min" in series[m] for m in methods):
+        add_band_note(ax2, BAND_MINMAX + f" ({n_seeds} seeds)", loc="lower left")
+    fig.suptitle("Character-level language model, LoRA fine-tuning on Python's help texts "
+                 "(pydoc_data.topics)\noffline analogue of the paper's Fig 2 (GPT-2 on "
+                 "WikiText-103)", fontsize=11)
+    return fig
+
+
+@figure("fig2_lr_robustness",
+        "Char-LM LoRA fine-tuning: validation perplexity vs learning rate (7 LRs x 3 seeds per "
+        "method) and each method's LR-robustness width", draw=_draw_fig2)
+def fig2_lr_robustness(*, fast: bool) -> FigureResult:
     cfg = R.CharLMConfig(steps=100, eval_every=25)
     seeds = (0, 1, 2)
     grids = {m: LM_GRIDS[m] for m in R.available_methods(R.LM_METHODS)}
@@ -159,39 +210,15 @@ def fig2_lr_robustness(*, fast: bool) -> FigureResult:
     table = _lr_table(runs, grids, seeds, "final_ppl", higher_is_better=False)
     base_ppl = next(iter(runs.values()))["val_ppl"][0] if runs else math.nan
     uniform = R.uniform_perplexity()
-
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
-    cap = 2 * uniform
-    _draw_lr_curves(ax1, table, ylabel="final validation perplexity (lower is better)", cap=cap,
-                    logy=True)
-    ax1.axhline(base_ppl, color="0.4", ls=":", lw=1,
-                label=f"pretrained model, no adapter ({base_ppl:.2f})")
-    ax1.set_title(f"(a) Final perplexity after {cfg.steps} steps vs LR; legend: width of the LR "
-                  f"range within {ROBUST_TOL:.0%} of the method's best", fontsize=9)
-    ax1.legend(fontsize=7, loc="upper left")
-    add_band_note(ax1, BAND_MINMAX + f" ({len(seeds)} seeds); x at top: diverged",
-                  loc="lower right")
     series = {}
     for m in methods:
         row = table[m]
         curves = np.array([runs[(m, row["best_lr"], s)]["val_ppl"] for s in seeds], dtype=float)
         steps = runs[(m, row["best_lr"], seeds[0])]["steps"]
-        st = _style_of(row["label"])
-        ax2.plot(steps, curves.mean(0), label=f"{row['label']} (lr {row['best_lr']:g})", **st)
-        ax2.fill_between(steps, curves.min(0), curves.max(0), color=st["color"], alpha=0.15,
-                         lw=0)
         series[m] = {"lrs": row["lrs"], "final_ppl_mean": row["mean"],
                      "final_ppl_min": row["min"], "final_ppl_max": row["max"],
-                     "best_lr_steps": steps, "best_lr_val_ppl_mean": curves.mean(0)}
-    ax2.axhline(base_ppl, color="0.4", ls=":", lw=1)
-    ax2.set(xlabel="fine-tuning step", ylabel="validation perplexity",
-            title="(b) Validation perplexity during training at each method's best LR")
-    ax2.legend(fontsize=7)
-    add_band_note(ax2, BAND_MINMAX, loc="lower left")
-    fig.suptitle("Character-level LM, LoRA fine-tuning on pydoc_data.topics (offline analogue "
-                 "of the paper's Fig 2, GPT-2 / WikiText-103)", fontsize=11)
-
+                     "best_lr_steps": steps, "best_lr_val_ppl_mean": curves.mean(0),
+                     "best_lr_val_ppl_min": curves.min(0), "best_lr_val_ppl_max": curves.max(0)}
     widths = {m: table[m]["robust_decades"] for m in methods}
     most_robust = max(widths, key=widths.get) if widths else None
     metrics = {
@@ -236,26 +263,16 @@ def fig2_lr_robustness(*, fast: bool) -> FigureResult:
     settings = {"config": R.config_dict(cfg), "grids": {m: list(v) for m, v in grids.items()},
                 "seeds": list(seeds), "methods": methods, "robust_tol": ROBUST_TOL,
                 "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
-@figure("fig4_lr_curves",
-        "Digits, LoRA on a frozen random MLP: final validation accuracy vs learning rate "
-        "(7 LRs x 3 seeds per method) and each method's LR-robustness width")
-def fig4_lr_curves(*, fast: bool) -> FigureResult:
+def _draw_fig4_lr(data):
     from ..style import BAND_MINMAX, add_band_note, use
 
     use()
-    cfg = R.DigitsConfig(epochs=1 if fast else 8)
-    seeds = (0, 1) if fast else (0, 1, 2)
-    grids = {m: DIGITS_GRIDS[m] for m in R.available_methods(R.DIGITS_METHODS)}
-    if fast:
-        grids = _fast_grids(grids)
-    methods = list(grids)
-    runs = R.lr_sweep("digits", grids, seeds, cfg, progress=progress)
-    table = _lr_table(runs, grids, seeds, "last_acc", higher_is_better=True)
-    best_table = _lr_table(runs, grids, seeds, "best_acc", higher_is_better=True)
-
+    settings, metrics = data["settings"], data["metrics"]
+    methods, table = settings["methods"], metrics["methods"]
+    cfg = settings["config"]
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained", sharey=True)
     groups = (("(a) LoRA and full fine-tuning baselines",
@@ -267,15 +284,32 @@ def fig4_lr_curves(*, fast: bool) -> FigureResult:
                         ylabel="final validation accuracy (higher is better)", cap=0.0,
                         logy=False)
         ax.axhline(0.1, color="0.4", ls=":", lw=1, label="chance (0.1)")
-        ax.set_title(title + f"; legend: LR range within {ROBUST_TOL:.0%} of the best, decades",
-                     fontsize=9)
-        ax.set_ylim(0.0, 1.0)
-        ax.legend(fontsize=7, loc="best")
-        add_band_note(ax, BAND_MINMAX + f" ({len(seeds)} seeds)", loc="upper left")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylim(0.0, 1.0)  # the whole range: LoRA (SGD) near chance stays visible
+        _robust_legend(ax, loc="best")
+        add_band_note(ax, BAND_MINMAX + f" ({len(settings['seeds'])} seeds)",
+                      loc="lower left")
     axes[0].set_ylabel("final validation accuracy (higher is better)")
-    fig.suptitle(f"Digits (8x8), MLP frozen at random init + rank-{cfg.rank} LoRA, "
-                 f"{cfg.epochs} epochs: accuracy after the last epoch vs learning rate "
-                 "(offline analogue of the paper's Fig 4 tuning)", fontsize=11)
+    fig.suptitle(f"Digits (8x8 images), rank-{cfg['rank']} LoRA on an MLP frozen at random init, "
+                 f"{cfg['epochs']} epochs: accuracy after the last epoch vs learning rate\n"
+                 "offline analogue of the learning-rate tuning behind the paper's Fig 4",
+                 fontsize=11)
+    return fig
+
+
+@figure("fig4_lr_curves",
+        "Digits, LoRA on a frozen random MLP: final validation accuracy vs learning rate "
+        "(7 LRs x 3 seeds per method) and each method's LR-robustness width", draw=_draw_fig4_lr)
+def fig4_lr_curves(*, fast: bool) -> FigureResult:
+    cfg = R.DigitsConfig(epochs=1 if fast else 8)
+    seeds = (0, 1) if fast else (0, 1, 2)
+    grids = {m: DIGITS_GRIDS[m] for m in R.available_methods(R.DIGITS_METHODS)}
+    if fast:
+        grids = _fast_grids(grids)
+    methods = list(grids)
+    runs = R.lr_sweep("digits", grids, seeds, cfg, progress=progress)
+    table = _lr_table(runs, grids, seeds, "last_acc", higher_is_better=True)
+    best_table = _lr_table(runs, grids, seeds, "best_acc", higher_is_better=True)
     series = {m: {"lrs": table[m]["lrs"], "last_acc_mean": table[m]["mean"],
                   "last_acc_min": table[m]["min"], "last_acc_max": table[m]["max"],
                   "best_acc_mean": best_table[m]["mean"]} for m in methods}
@@ -300,7 +334,7 @@ def fig4_lr_curves(*, fast: bool) -> FigureResult:
     settings = {"config": R.config_dict(cfg), "grids": {m: list(v) for m, v in grids.items()},
                 "seeds": list(seeds), "methods": methods, "robust_tol": ROBUST_TOL,
                 "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,25 +349,63 @@ ABLATION = {
 }
 
 
-@figure("fig3_scaled_ablation",
-        "Scaled PSI-LoRA ablation on digits: metric x power x damping x learning rate")
-def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
-    from ..style import use
+def _draw_fig3(data):
+    """Rows: power p; columns: learning rate; colour: damping ε (light to dark: small to
+    large); line style: metric (solid K-FAC, dashed Shampoo)."""
+    from ..style import sweep_colors, use
 
     use()
+    grid, cfg, series = data["settings"]["grid"], data["settings"]["config"], data["series"]
+    lrs, powers = grid["lr"], grid["power"]
+    colors = sweep_colors(grid["damping"], "Reds", lo=0.45, hi=1.0)
+    plt = _plt()
+    fig, axes = plt.subplots(len(powers), len(lrs), figsize=(4 * len(lrs), 2.9 * len(powers) + 1),
+                             sharex=True, sharey=True, layout="constrained", squeeze=False)
+    for (ip, p), (il, lr) in ((a, b) for a in enumerate(powers) for b in enumerate(lrs)):
+        ax = axes[ip, il]
+        for met in grid["metric"]:
+            for d in grid["damping"]:
+                run = series.get(f"{met}|p={p:g}|damping={d:g}|lr={lr:g}")
+                if run is None:
+                    continue
+                name = "K-FAC" if met == "kfac" else "Shampoo"
+                ax.plot(run["epochs"], run["val_acc"], color=colors[d],
+                        ls="-" if met == "kfac" else "--", label=f"{name}, ε = {d:g}")
+        ax.set_title(f"power p = {p:g}, learning rate {lr:g}", fontsize=9)
+        ax.set_ylim(0.0, 1.0)  # the whole range: a diverged configuration stays visible
+        ax.axhline(0.1, color="0.4", ls=":", lw=1)
+        ax.text(0.99, 0.11, "chance", transform=ax.get_yaxis_transform(), ha="right",
+                fontsize=7, color="0.35")
+        integer_ticks(ax.xaxis)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, fontsize=7.5, ncol=len(grid["metric"]),
+                   loc="outside lower center",
+                   title="metric: solid K-FAC, dashed Shampoo; damping ε: the constant added "
+                         "to the curvature statistic before the power, metric (statistic + ε)^p;"
+                         " one seed (0): no band")
+    fig.suptitle(f"Scaled PSI-LoRA ablation on digits: metric × power × damping × learning rate"
+                 f"\n(rank-{cfg['rank']} LoRA on an MLP frozen at random init, {cfg['epochs']} "
+                 "epochs; offline analogue of the paper's Fig 3)", fontsize=10)
+    return fig
+
+
+@figure("fig3_scaled_ablation",
+        "Scaled PSI-LoRA ablation on digits: metric x power x damping x learning rate",
+        draw=_draw_fig3)
+def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
     cfg = R.DigitsConfig(epochs=3 if fast else 5)
     grid = dict(ABLATION)
     if fast:
         grid["damping"] = (1e-1,)
     have = R.available_methods(["scaled-psilora"])
-    plt = _plt()
     lrs = grid["lr"]
-    fig, axes = plt.subplots(1, len(lrs), figsize=(4 * len(lrs), 4.4), sharey=True,
-                             layout="constrained")
-    axes = np.atleast_1d(axes)
     series, rows = {}, []
     pd_pairs = [(p, d) for p in grid["power"] for d in grid["damping"]]
-    cmap = plt.get_cmap("tab10")
     if have:
         jobs = [(lr, met, p, d) for lr in lrs for met in grid["metric"] for (p, d) in pd_pairs]
         for lr, met, p, d in progress(jobs, desc="fig3"):
@@ -345,27 +417,6 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
             rows.append({"metric": met, "power": p, "damping": d, "lr": lr,
                          "best_acc": run["best_acc"], "last_acc": run["last_acc"],
                          "diverged": run["diverged"]})
-            ax = axes[lrs.index(lr)]
-            name = "K-FAC" if met == "kfac" else "Shampoo"
-            ax.plot(run["epochs"], run["val_acc"], color=cmap(pd_pairs.index((p, d))),
-                    ls="-" if met == "kfac" else "--",
-                    label=f"{name}, power p = {p:g}, damping ε = {d:g}")
-    for ax, lr in zip(axes, lrs, strict=True):
-        ax.set(title=f"learning rate {lr:g}", xlabel="epoch")
-        ax.set_ylim(0.0, 1.0)  # the whole range: a diverged configuration stays visible
-        ax.axhline(0.1, color="0.4", ls=":", lw=1)
-        ax.text(0.99, 0.11, "chance", transform=ax.get_yaxis_transform(), ha="right",
-                fontsize=7, color="0.35")
-        ax.text(0.01, 0.01, "one seed (0): no band", transform=ax.transAxes, fontsize=7,
-                color="0.35")
-    axes[0].set_ylabel("validation accuracy")
-    handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, fontsize=7, ncol=4, loc="outside lower center",
-                   title="metric (solid K-FAC, dashed Shampoo), P = (statistic + ε)^p")
-    fig.suptitle(f"Scaled PSI-LoRA ablation on digits (MLP frozen at random init + rank-"
-                 f"{cfg.rank} LoRA, {cfg.epochs} epochs): metric × power × damping × learning "
-                 "rate (offline analogue of the paper's Fig 3, MNLI)", fontsize=10)
 
     metrics = {"table": rows}
     if rows:
@@ -412,7 +463,7 @@ def fig3_scaled_ablation(*, fast: bool) -> FigureResult:
     )
     settings = {"config": R.config_dict(cfg), "grid": {k: list(v) for k, v in grid.items()},
                 "seed": 0, "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -443,31 +494,22 @@ def _stat(values):
             "max": float(a.max())}
 
 
-def _method_curves(runs, methods, seeds, lrs, *, suptitle):
-    """Loss and accuracy curves per method (mean line, min–max band) and their summary table.
+def _method_curves(runs, methods, seeds, lrs):
+    """The series and summary table of the loss and accuracy curves per method.
 
     ``runs[(method, seed)]`` are :func:`~analysis.experiments.realdata.fit_classifier` results.
-    Returns ``(fig, series, metrics, summary)``; ``metrics`` holds the per-method ``table``
+    Returns ``(series, metrics, summary)``; ``metrics`` holds the per-method ``table``
     (best/mean/last accuracy over seeds), ``lora_ranking_by_best_acc``, ``unstable_methods``
     and ``chance``.
     """
-    from ..style import BAND_MINMAX, add_band_note, method_style
-
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
     series, table = {}, {}
     for m in methods:
         acc = np.array([runs[(m, s)]["val_acc"] for s in seeds])
         loss = np.array([runs[(m, s)]["train_loss"] for s in seeds])
         ep = np.array(runs[(m, seeds[0])]["epochs"])
-        label = f"{R.method_label(m)} (lr {lrs[m]:g})"
-        st = method_style(R.method_label(m))
-        ax1.plot(ep[1:], loss.mean(0), label=label, **st)
-        ax1.fill_between(ep[1:], loss.min(0), loss.max(0), color=st["color"], alpha=0.15, lw=0)
-        ax2.plot(ep, acc.mean(0), label=label, **st)
-        ax2.fill_between(ep, acc.min(0), acc.max(0), color=st["color"], alpha=0.15, lw=0)
         series[m] = {"epochs": ep, "val_acc_mean": acc.mean(0), "val_acc_min": acc.min(0),
                      "val_acc_max": acc.max(0), "train_loss_mean": loss.mean(0),
+                     "train_loss_min": loss.min(0), "train_loss_max": loss.max(0),
                      "val_acc_per_seed": acc}
         table[m] = {
             "label": R.method_label(m),
@@ -477,18 +519,6 @@ def _method_curves(runs, methods, seeds, lrs, *, suptitle):
             "last_acc": _stat([runs[(m, s)]["last_acc"] for s in seeds]),
             "diverged_seeds": [s for s in seeds if runs[(m, s)]["diverged"]],
         }
-    ax1.set(xlabel="epoch", ylabel="training loss (log scale)", title="(a) Training loss")
-    ax1.set_yscale("log")
-    ax2.set(xlabel="epoch", ylabel="validation accuracy",
-            title="(b) Validation accuracy (whole range; dotted: chance 0.1)")
-    ax2.set_ylim(0.0, 1.0)  # the whole range: LoRA (SGD) at the paper's lr stays visible
-    ax2.axhline(0.1, color="0.4", ls=":", lw=1)
-    ax2.legend(fontsize=7, loc="lower right", ncol=2)
-    for ax in (ax1, ax2):
-        add_band_note(ax, BAND_MINMAX + f" ({len(seeds)} seeds)",
-                      loc="upper right" if ax is ax1 else "upper left")
-    fig.suptitle(suptitle, fontsize=10)
-
     unstable = [m for m in methods
                 if table[m]["last_acc"]["mean"] < table[m]["best_acc"]["mean"] - 0.05]
     lora_methods = [m for m in methods if not m.startswith("full")]
@@ -502,15 +532,58 @@ def _method_curves(runs, methods, seeds, lrs, *, suptitle):
         summary += (" Unstable (mean last accuracy more than 0.05 below mean best): " + ", ".join(
             f"{table[m]['label']} (last {table[m]['last_acc']['mean']:.3f} +- "
             f"{table[m]['last_acc']['std']:.3f})" for m in unstable) + ".")
-    return fig, series, metrics, summary
+    return series, metrics, summary
+
+
+def _method_curves_drawer(title):
+    """The drawing of a method-curves figure: ``title(config) -> suptitle``."""
+
+    def draw(data):
+        from ..style import BAND_MINMAX, add_band_note, method_style, use
+
+        use()
+        settings, series, table = data["settings"], data["series"], data["metrics"]["table"]
+        plt = _plt()
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+        for m in settings["methods"]:
+            s, label = series[m], table[m]["label"]
+            st = method_style(label)
+            name = f"{label} (lr {settings['lrs'][m]:g})"
+            ep = np.asarray(s["epochs"])
+            ax1.plot(ep[1:], s["train_loss_mean"], label=name, **st)
+            if "train_loss_min" in s:  # JSON written before the band was kept: no band
+                ax1.fill_between(ep[1:], s["train_loss_min"], s["train_loss_max"],
+                                 color=st["color"], alpha=0.15, lw=0)
+            ax2.plot(ep, s["val_acc_mean"], label=name, **st)
+            ax2.fill_between(ep, s["val_acc_min"], s["val_acc_max"], color=st["color"],
+                             alpha=0.15, lw=0)
+        ax1.set(xlabel="epoch", ylabel="training loss (log scale)", title="(a) Training loss")
+        ax1.set_yscale("log")
+        ax2.set(xlabel="epoch", ylabel="validation accuracy",
+                title="(b) Validation accuracy (whole range; dotted: chance 0.1)")
+        ax2.set_ylim(0.0, 1.0)  # the whole range: LoRA (SGD) at the paper's lr stays visible
+        ax2.axhline(0.1, color="0.4", ls=":", lw=1)
+        fig.legend(*ax2.get_legend_handles_labels(), fontsize=7.5, ncol=5,
+                   loc="outside lower center")
+        note = BAND_MINMAX + f" ({len(settings['seeds'])} seeds)"
+        if any("train_loss_min" in series[m] for m in settings["methods"]):
+            add_band_note(ax1, note, loc="upper right")
+        add_band_note(ax2, note, loc="lower left")
+        for ax in (ax1, ax2):
+            integer_ticks(ax.xaxis)
+        fig.suptitle(title(settings["config"]), fontsize=10)
+        return fig
+
+    return draw
 
 
 @figure("fig4_method_curves",
-        "Digits, LoRA on a frozen random MLP: validation accuracy curves per method, 3 seeds")
+        "Digits, LoRA on a frozen random MLP: validation accuracy curves per method, 3 seeds",
+        draw=_method_curves_drawer(lambda cfg: (
+            f"Digits (8x8 images), rank-{cfg['rank']} LoRA on an MLP frozen at random init: "
+            "learning curves, one learning rate per method\noffline analogue of the paper's "
+            "Fig 4 (RoBERTa on GLUE)")))
 def fig4_method_curves(*, fast: bool) -> FigureResult:
-    from ..style import use
-
-    use()
     cfg = R.DigitsConfig(epochs=3 if fast else 20)
     seeds = (0,) if fast else (0, 1, 2)
     methods = R.available_methods(R.DIGITS_METHODS)
@@ -518,11 +591,7 @@ def fig4_method_curves(*, fast: bool) -> FigureResult:
     jobs = [(m, s) for m in methods for s in seeds]
     for m, s in progress(jobs, desc="fig4"):
         runs[(m, s)] = R.run_digits(m, DIGITS_LRS[m], seed=s, config=cfg)
-    fig, series, metrics, summary = _method_curves(
-        runs, methods, seeds, DIGITS_LRS,
-        suptitle=f"Digits (8x8), MLP frozen at random init + rank-{cfg.rank} LoRA: learning "
-                 "curves per method at one learning rate each (offline analogue of the "
-                 "paper's Fig 4, RoBERTa / GLUE)")
+    series, metrics, summary = _method_curves(runs, methods, seeds, DIGITS_LRS)
     notes = (
         "OFFLINE ANALOGUE of the paper's Fig 4 (RoBERTa-base on six GLUE tasks, tuned LRs, 3 "
         "seeds, paper.md §9.5) in the paper's v1 MNIST/LeNet-5 recipe (paper.md §9.3: linear "
@@ -541,7 +610,7 @@ def fig4_method_curves(*, fast: bool) -> FigureResult:
     )
     settings = {"config": R.config_dict(cfg), "lrs": DIGITS_LRS, "seeds": list(seeds),
                 "methods": list(methods), "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,12 +624,15 @@ LENET_EPOCHS = 6
 
 @figure("fig4_lenet_digits",
         "LeNet-5 on digits upsampled to 32x32 (the paper's v1 MNIST task): rank-8 LoRA on the "
-        "three linear layers, convolutions trained; curves per method, 3 seeds")
+        "three linear layers, convolutions trained; curves per method, 3 seeds",
+        draw=_method_curves_drawer(lambda cfg: (
+            f"LeNet-5 on digits (8x8 upsampled to {cfg['size']}x{cfg['size']}, the paper's v1 "
+            f"MNIST task), {cfg['epochs']} epochs at the paper's MNIST learning rates\n"
+            f"rank-{cfg['rank']} LoRA on the three linear layers (frozen at random init), "
+            "convolutions trained")))
 def fig4_lenet_digits(*, fast: bool) -> FigureResult:
     from ..experiments import lenet as L
-    from ..style import use
 
-    use()
     cfg = L.LeNetConfig(epochs=2 if fast else LENET_EPOCHS)
     seeds = (0,) if fast else (0, 1, 2)
     methods = R.available_methods(R.DIGITS_METHODS)
@@ -568,11 +640,7 @@ def fig4_lenet_digits(*, fast: bool) -> FigureResult:
     jobs = [(m, s) for m in methods for s in seeds]
     for m, s in progress(jobs, desc="lenet"):
         runs[(m, s)] = L.run_lenet(m, DIGITS_LRS[m], seed=s, config=cfg)
-    fig, series, metrics, summary = _method_curves(
-        runs, methods, seeds, DIGITS_LRS,
-        suptitle=f"LeNet-5 on digits (8x8 upsampled to 32x32), the paper's v1 MNIST task: "
-                 f"rank-{cfg.rank} LoRA on the three linear layers (frozen at random init),\n"
-                 f"convolutions trained; {cfg.epochs} epochs at the paper's MNIST learning rates")
+    series, metrics, summary = _method_curves(runs, methods, seeds, DIGITS_LRS)
     trainable = {m: runs[(m, seeds[0])]["trainable"] for m in methods}
     metrics["trainable_params"] = trainable
     summary += " Last accuracy mean +- std over seeds: " + "; ".join(
@@ -604,4 +672,4 @@ def fig4_lenet_digits(*, fast: bool) -> FigureResult:
     )
     settings = {"config": R.config_dict(cfg), "lrs": DIGITS_LRS, "seeds": list(seeds),
                 "methods": list(methods), "fast": fast}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)

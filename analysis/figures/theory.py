@@ -38,29 +38,22 @@ def _footnote(fig, text):
     fig.supxlabel(text, fontsize=8, color="0.35")
 
 
-@figure("prop1_projection",
-        "LoRSum x K vs the truncated SVD Pi_r(Y): residual and distance for several gaps")
-def prop1_projection(*, fast: bool) -> FigureResult:
-    cfg = T.ProjectionConfig(iters=60 if fast else 300)
-    res = T.run_projection(cfg)
-    prop = T.run_prop1(T.Prop1Config())
+def _by_float(d):
+    """The items of a JSON dict keyed by numbers (``"0.3"``, ``"1e-06"``) in numeric order."""
+    return sorted(d.items(), key=lambda kv: float(kv[0]))
+
+
+def _draw_prop1(data):
+    cfg = data["settings"]["projection"]
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    series, metrics = {}, {}
-    colors = sweep_colors(res)
-    for ratio, v in res.items():
-        K, c = v["K"], colors[ratio]
+    series = _by_float(data["series"])
+    colors = sweep_colors([float(r) for r, _ in series])
+    for ratio, v in series:
+        K, c = np.asarray(v["K"]), colors[float(ratio)]
         ax1.plot(K[1:], v["residual"][1:], color=c, label=f"gap {GAP} = {ratio}")
         ax1.axhline(v["floor"], color=c, ls="--", lw=1)
         ax2.semilogy(K, _clip(v["distance"]), color=c, label=f"gap {GAP} = {ratio}")
-        series[str(ratio)] = {"K": K, "residual": v["residual"], "distance": v["distance"],
-                              "floor": v["floor"]}
-        metrics[f"floor_{ratio}"] = v["floor"]
-        metrics[f"min_residual_over_floor_{ratio}"] = float(np.min(v["residual"]) / v["floor"])
-        for k in (1, 2, 8, 32):
-            if k <= cfg.iters:
-                metrics[f"distance_K{k}_{ratio}"] = float(v["distance"][k])
-        metrics[f"distance_final_{ratio}"] = float(v["distance"][-1])
     ax1.plot([], [], "k--", lw=1, label="Eckart–Young floor (best rank-r residual)")
     ax1.set(xlabel="LoRSum iterations K (log axis, from K = 1)",
             ylabel=r"relative residual $\|Y - U_K V_K^\top\| / \|Y\|$",
@@ -73,8 +66,28 @@ def prop1_projection(*, fast: bool) -> FigureResult:
     ax1.legend()
     ax2.legend(loc="lower left")
     fig.suptitle(r"Proposition 1: LoRSum $\times K$ converges to the truncated SVD $\Pi_r(Y)$;"
-                 f" slowly when {GAP} is near 1 (Y {cfg.m}×{cfg.n}, r = {cfg.rank})")
+                 f" slowly when {GAP} is near 1 (Y {cfg['m']}×{cfg['n']}, r = {cfg['rank']})")
     _footnote(fig, FLOOR_NOTE)
+    return fig
+
+
+@figure("prop1_projection",
+        "LoRSum x K vs the truncated SVD Pi_r(Y): residual and distance for several gaps",
+        draw=_draw_prop1)
+def prop1_projection(*, fast: bool) -> FigureResult:
+    cfg = T.ProjectionConfig(iters=60 if fast else 300)
+    res = T.run_projection(cfg)
+    prop = T.run_prop1(T.Prop1Config())
+    series, metrics = {}, {}
+    for ratio, v in res.items():
+        series[str(ratio)] = {"K": v["K"], "residual": v["residual"], "distance": v["distance"],
+                              "floor": v["floor"]}
+        metrics[f"floor_{ratio}"] = v["floor"]
+        metrics[f"min_residual_over_floor_{ratio}"] = float(np.min(v["residual"]) / v["floor"])
+        for k in (1, 2, 8, 32):
+            if k <= cfg.iters:
+                metrics[f"distance_K{k}_{ratio}"] = float(v["distance"][k])
+        metrics[f"distance_final_{ratio}"] = float(v["distance"][-1])
     metrics.update({
         "ey_rel_err": prop["ey_rel_err"],
         "competitor_min_ratio": prop["competitor_min_ratio"],
@@ -93,45 +106,94 @@ def prop1_projection(*, fast: bool) -> FigureResult:
         f"{prop['competitor_min_ratio']:.13f}; at sigma_r = sigma_r+1 two minimisers at "
         f"distance {prop['tie_distance']:.4f} have equal residuals."
     )
-    return FigureResult(fig, {"projection": T.config_dict(cfg), "prop1": T.config_dict(
+    return FigureResult(None, {"projection": T.config_dict(cfg), "prop1": T.config_dict(
         T.Prop1Config())}, series, metrics, notes)
+
+
+def _draw_thm31_rate(data):
+    series, metrics = data["series"], data["metrics"]
+    wcfg = data["settings"]["warm"]
+    plt = _plt()
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), constrained_layout=True)
+    rates = _by_float(series["rates"])
+    colors = sweep_colors([float(r) for r, _ in rates])
+    for i, (ax, (ratio, v)) in enumerate(zip(axes.flat[:4], rates, strict=False)):
+        c, rho2 = colors[float(ratio)], metrics[f"rate_predicted_{ratio}"]
+        k = np.asarray(v["k"], dtype=float)
+        tan = _clip(v["tan"])
+        step = max(1, len(k) // 60)
+        ax.semilogy(k[::step], tan[::step], "o", ms=3, color=c,
+                    label=r"measured $\tan\theta_k$ (coloured dots)", zorder=3)
+        ax.semilogy(k, _clip(v["bound"]), "-", color="k", lw=1,
+                    label=r"Thm 3.1 bound $\rho^{2k}\tan\theta_0$")
+        sr2 = 1.0  # σ_r = 1 by construction
+        ax.semilogy(k[1::step], (_clip(v["excess"])[1:] / sr2)[::step], "s", ms=2.5,
+                    mfc="none", color="0.4", label=r"excess error $/\sigma_r^2$ (rate $\rho^4$)")
+        k1, k2 = v["rate_window"]
+        ax.axvspan(k1, k2, color=c, alpha=0.12, lw=0,
+                   label="shaded: iterations used to fit the measured rate")
+        anchor = tan[int(k1)] * rho2 ** (k - k1)
+        ax.semilogy(k, _clip(anchor), ":", color="k", lw=1,
+                    label=r"slope $\rho^2$ per iteration, through the window start")
+        ax.set(xlabel="ALS (LoRSum) iteration k",
+               ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*)$",
+               title=f"({'abcd'[i]}) gap {GAP} = {ratio}, ρ² = {rho2:.4g}",
+               ylim=(1e-17, 1e3))
+        integer_ticks(ax.xaxis)
+    ax = axes.flat[4]
+    warm = [(float(eta), row) for eta, row in _by_float(series["warm"])]
+    shown = [(eta, row) for eta, row in warm if eta in (1e-3, 1e-2, 1e-1)]
+    eta_colors = sweep_colors([eta for eta, _ in shown], "plasma", hi=0.75)
+    for eta, row in shown:
+        c = eta_colors[eta]
+        kk = np.arange(len(row["tan_warm"]))
+        ax.semilogy(kk, _clip(row["tan_warm"]), "o-", color=c, ms=4,
+                    label=f"warm start, η = {eta:g}")
+        ax.semilogy(kk, _clip(row["tan_random"]), "s--", color=c, ms=4, mfc="none",
+                    label=f"random start, η = {eta:g}")
+    ax.set(xlabel="ALS (LoRSum) iteration k",
+           ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*(Y))$",
+           title=r"(e) one optimizer step $Y = U_tV_t^\top - \eta G$: warm vs random start",
+           ylim=(1e-17, 1e3))
+    ax.legend(fontsize=6.5, ncol=2)
+    ax = axes.flat[5]
+    etas = np.array([eta for eta, _ in warm])
+    tan0 = np.array([row["tan_warm"][0] for _, row in warm])
+    sin0 = np.array([row["sin0"] for _, row in warm])
+    wedin = np.array([row["wedin"] for _, row in warm])
+    ax.loglog(etas, tan0, "o", color=MEASURED, ms=7, label=r"$\tan\theta_0$ of the warm start")
+    ax.loglog(etas, sin0, "x", color="tab:orange", ms=6,
+              label=r"$\sin\theta_0$ (equal to $\tan\theta_0$ while small)")
+    ax.loglog(etas, wedin, "-", color="k", lw=1,
+              label=r"Wedin bound $\eta\|G\|_2/\sigma_r(Y)$")
+    ax.set(xlabel=r"step size $\eta$  ($\|G\|_2 = 1$, $\sigma_r(W_t) = 1$)",
+           ylabel="initial angle of the warm start",
+           title=f"(f) initial angle grows like $\\eta^{{{metrics['warm_tan0_slope']:.3f}}}$ "
+                 f"(fit on η ≤ {wcfg['slope_eta_max']:g})")
+    integer_ticks(axes.flat[4].xaxis)
+    ax.legend(fontsize=7)
+    # The overall title is the title of the legend of panels (a)-(d) (the same five elements
+    # in each), above them: constrained layout stacks a suptitle and an outside legend.
+    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncol=5,
+               fontsize=7.5, frameon=False, title_fontsize=12,
+               title=r"Theorem 3.1: each ALS (LoRSum) iteration shrinks the subspace angle by "
+                     r"$\rho^2 = (\sigma_{r+1}/\sigma_r)^2$; a warm start begins at angle O(η)")
+    _footnote(fig, FLOOR_NOTE)
+    return fig
 
 
 @figure("thm31_rate",
         "Theorem 3.1: tan of the largest principal angle vs ALS iteration, measured vs "
-        "(sigma_r+1/sigma_r)^2k; warm vs random start")
+        "(sigma_r+1/sigma_r)^2k; warm vs random start", draw=_draw_thm31_rate)
 def thm31_rate(*, fast: bool) -> FigureResult:
     seeds = (0,) if fast else (0, 1, 2, 3, 4)
     cfg = T.RateConfig()
     runs = [T.run_rates(T.RateConfig(seed=s)) for s in progress(seeds, desc="thm31 seeds")]
     wcfg = T.WarmConfig()
     warm = T.run_warm_start(wcfg)
-    plt = _plt()
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7.5), constrained_layout=True)
     series, metrics = {"rates": {}, "warm": {}}, {}
-    colors = sweep_colors(cfg.ratios)
-    for i, (ax, ratio) in enumerate(zip(axes.flat[:4], cfg.ratios, strict=False)):
-        v, c = runs[0][ratio], colors[ratio]
-        k = v["k"]
-        step = max(1, len(k) // 60)
-        ax.semilogy(k[::step], _clip(v["tan"])[::step], "o", ms=3, color=c,
-                    label=r"measured $\tan\theta_k$ (coloured dots)", zorder=3)
-        ax.semilogy(k, _clip(v["bound"]), "-", color="k", lw=1,
-                    label=r"Thm 3.1 bound $\rho^{2k}\tan\theta_0$")
-        sr2 = 1.0  # σ_r = 1 by construction
-        ax.semilogy(k[1::step], _clip(v["excess"][1:] / sr2)[::step], "s", ms=2.5,
-                    mfc="none", color="0.4", label=r"excess error $/\sigma_r^2$ (rate $\rho^4$)")
-        k1, k2 = v["rate_window"]
-        ax.axvspan(k1, k2, color=c, alpha=0.12, lw=0,
-                   label="shaded: iterations used to fit the measured rate")
-        anchor = v["tan"][int(k1)] * v["rate_predicted"] ** (k - k1)
-        ax.semilogy(k, _clip(anchor), ":", color="k", lw=1,
-                    label=r"slope $\rho^2$ per iteration, through the window start")
-        ax.set(xlabel="ALS (LoRSum) iteration k",
-               ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*)$",
-               title=f"({'abcd'[i]}) gap {GAP} = {ratio}, ρ² = {v['rate_predicted']:.4g}",
-               ylim=(1e-17, 1e3))
-        integer_ticks(ax.xaxis)
+    for ratio in cfg.ratios:
+        v = runs[0][ratio]
         meas = [run[ratio]["rate_measured"] for run in runs]
         emeas = [run[ratio]["excess_rate_measured"] for run in runs]
         metrics[f"rate_predicted_{ratio}"] = v["rate_predicted"]
@@ -143,48 +205,10 @@ def thm31_rate(*, fast: bool) -> FigureResult:
         metrics[f"bound_max_ratio_{ratio}"] = float(max(r[ratio]["bound_violation"]
                                                         for r in runs))
         series["rates"][str(ratio)] = {
-            "k": k, "tan": v["tan"], "bound": v["bound"], "excess": v["excess"],
+            "k": v["k"], "tan": v["tan"], "bound": v["bound"], "excess": v["excess"],
             "rate_window": v["rate_window"], "rate_measured_per_seed": meas,
             "excess_rate_measured_per_seed": emeas,
         }
-    ax = axes.flat[4]
-    shown = [r for r in warm["rows"] if r["eta"] in (1e-3, 1e-2, 1e-1)]
-    eta_colors = sweep_colors([r["eta"] for r in shown], "plasma", hi=0.75)
-    for row in shown:
-        c = eta_colors[row["eta"]]
-        kk = np.arange(len(row["tan_warm"]))
-        ax.semilogy(kk, _clip(row["tan_warm"]), "o-", color=c, ms=4,
-                    label=f"warm start, η = {row['eta']:g}")
-        ax.semilogy(kk, _clip(row["tan_random"]), "s--", color=c, ms=4, mfc="none",
-                    label=f"random start, η = {row['eta']:g}")
-    ax.set(xlabel="ALS (LoRSum) iteration k",
-           ylabel=r"largest principal angle $\tan\theta_{\max}(U_k, U_r^*(Y))$",
-           title=r"(e) one optimizer step $Y = U_tV_t^\top - \eta G$: warm vs random start",
-           ylim=(1e-17, 1e3))
-    ax.legend(fontsize=6.5, ncol=2)
-    ax = axes.flat[5]
-    etas = np.array([r["eta"] for r in warm["rows"]])
-    tan0 = np.array([r["tan_warm"][0] for r in warm["rows"]])
-    sin0 = np.array([r["sin0"] for r in warm["rows"]])
-    wedin = np.array([r["wedin"] for r in warm["rows"]])
-    ax.loglog(etas, tan0, "o", color=MEASURED, ms=7, label=r"$\tan\theta_0$ of the warm start")
-    ax.loglog(etas, sin0, "x", color="tab:orange", ms=6,
-              label=r"$\sin\theta_0$ (equal to $\tan\theta_0$ while small)")
-    ax.loglog(etas, wedin, "-", color="k", lw=1,
-              label=r"Wedin bound $\eta\|G\|_2/\sigma_r(Y)$")
-    ax.set(xlabel=r"step size $\eta$  ($\|G\|_2 = 1$, $\sigma_r(W_t) = 1$)",
-           ylabel="initial angle of the warm start",
-           title=f"(f) initial angle grows like $\\eta^{{{warm['tan0_slope']:.3f}}}$ "
-                 f"(fit on η ≤ {wcfg.slope_eta_max:g})")
-    integer_ticks(axes.flat[4].xaxis)
-    ax.legend(fontsize=7)
-    # The overall title is the title of the legend of panels (a)-(d) (the same five elements
-    # in each), above them: constrained layout stacks a suptitle and an outside legend.
-    fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="outside upper center", ncol=5,
-               fontsize=7.5, frameon=False, title_fontsize=12,
-               title=r"Theorem 3.1: each ALS (LoRSum) iteration shrinks the subspace angle by "
-                     r"$\rho^2 = (\sigma_{r+1}/\sigma_r)^2$; a warm start begins at angle O(η)")
-    _footnote(fig, FLOOR_NOTE)
     for row in warm["rows"]:
         series["warm"][f"{row['eta']:g}"] = {k: row[k] for k in (
             "tan_warm", "tan_random", "bound_warm", "sin0", "wedin", "rho", "dist_K1",
@@ -217,49 +241,38 @@ def thm31_rate(*, fast: bool) -> FigureResult:
         f"{r2['dist_K1']:.2g} after K = 1 and {r2['dist_K2']:.2g} after K = 2."
     )
     settings = {"rates": T.config_dict(cfg), "seeds": list(seeds), "warm": T.config_dict(wcfg)}
-    return FigureResult(fig, settings, series, metrics, notes)
+    return FigureResult(None, settings, series, metrics, notes)
 
 
-@figure("ridge_effect",
-        "What the ridge lambda does to LoRSum: fixed point vs Pi_r(Y), fast and slow phases")
-def ridge_effect(*, fast: bool) -> FigureResult:
-    if fast:
-        cfg = T.RidgeConfig(lambdas=(1e-6, 1e-4, 1e-2, 1e-1, 1.0), iters=1000, trace_iters=150)
-    else:
-        cfg = T.RidgeConfig()
-    res = T.run_ridge(cfg)
+def _draw_ridge(data):
+    series, m = data["series"], data["metrics"]
     plt = _plt()
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    lams = np.array([r["lambda"] for r in res["rows"]])
-    fixed = np.array([r["fixed_dist"] for r in res["rows"]])
-    shift = np.array([r["fast_shift"] for r in res["rows"]])
-    ax1.loglog(lams, fixed, "o", color=MEASURED, ms=7,
+    lams = np.asarray(series["lambda"], dtype=float)
+    ax1.loglog(lams, series["fixed_dist"], "o", color=MEASURED, ms=7,
                label=r"fixed point $\|W_\infty(\lambda) - \Pi_r(Y)\|$")
-    ax1.loglog(lams, shift, "x", color="tab:orange", ms=6,
+    ax1.loglog(lams, series["fast_shift"], "x", color="tab:orange", ms=6,
                label=r"first 3 iterations $\max_{k\leq3}\|W_k(\lambda) - W_k(0)\|$")
-    ax1.loglog(lams, res["fixed_coef"] * lams, "k-", lw=1,
-               label=f"{res['fixed_coef']:.3f}·λ (slope 1)")
+    ax1.loglog(lams, m["fixed_coef"] * lams, "k-", lw=1,
+               label=f"{m['fixed_coef']:.3f}·λ (slope 1)")
     ax1.set(xlabel="ridge λ", ylabel=r"distance relative to $\|\Pi_r(Y)\|$",
-            title=f"(a) the ridge moves the fixed point by O(λ): slope {res['fixed_slope']:.3f}")
+            title=f"(a) the ridge moves the fixed point by O(λ): slope {m['fixed_slope']:.3f}")
     ax1.legend(fontsize=7, loc="upper left")
-    series = {"lambda": lams, "fixed_dist": fixed, "fast_shift": shift, "trace": {}}
     lam_colors = sweep_colors(lams)
-    for row in res["rows"]:
-        d = row["trace_dist"]
-        ax2.semilogy(np.arange(len(d)), _clip(d), color=lam_colors[row["lambda"]],
-                     label=f"λ = {row['lambda']:g}")
-        series["trace"][f"{row['lambda']:g}"] = d
+    for lam, d in _by_float(series["trace"]):
+        ax2.semilogy(np.arange(len(d)), _clip(d), color=lam_colors[float(lam)],
+                     label=f"λ = {float(lam):g}")
     ax2.set(xlabel="ALS (LoRSum) iteration k",
             ylabel=r"$\|W_k - W_\infty(\lambda)\| / \|\Pi_r(Y)\|$",
-            title=f"(b) fast phase at rate ρ² = {res['rho2']:.3f}, then a slow phase",
+            title=f"(b) fast phase at rate ρ² = {m['rho2']:.3f}, then a slow phase",
             ylim=(1e-17, 1))
+    integer_ticks(ax2.xaxis)
     ax2.legend(fontsize=7, title="ridge", title_fontsize=7, loc="upper left",
                bbox_to_anchor=(1.0, 1.0))
-    ok = np.array([np.isfinite(r["slow_rate"]) and r["slow_window"][1] - r["slow_window"][0]
-                   >= 10 for r in res["rows"]])
-    slow = np.array([1 - r["slow_rate"] for r in res["rows"]])
+    slow = np.asarray(series["slow_one_minus_rate"], dtype=float)  # None (not fitted): NaN
+    ok = np.isfinite(slow)
     ax3.loglog(lams[ok], slow[ok], "o", color=MEASURED, ms=7, label="1 − slow rate (measured)")
-    ax3.loglog(lams, 1 - np.array([r["slow_law"] for r in res["rows"]]), "k-", lw=1,
+    ax3.loglog(lams, 1 - 1 / (1 + lams / m["sigma_r_Wt"]), "k-", lw=1,
                label=r"$1 - 1/(1 + \lambda/\sigma_r(W_t))$ (empirical law)")
     ax3.set(xlabel="ridge λ", ylabel="1 − per-iteration rate of the slow phase",
             title="(c) the slow phase: rate 1 − Θ(λ)")
@@ -267,12 +280,33 @@ def ridge_effect(*, fast: bool) -> FigureResult:
     fig.suptitle("What the ridge λ does to LoRSum on one optimizer step "
                  r"$Y = U_tV_t^\top - \eta G$ (no claim of the paper; findings)")
     _footnote(fig, FLOOR_NOTE)
+    return fig
+
+
+@figure("ridge_effect",
+        "What the ridge lambda does to LoRSum: fixed point vs Pi_r(Y), fast and slow phases",
+        draw=_draw_ridge)
+def ridge_effect(*, fast: bool) -> FigureResult:
+    if fast:
+        cfg = T.RidgeConfig(lambdas=(1e-6, 1e-4, 1e-2, 1e-1, 1.0), iters=1000, trace_iters=150)
+    else:
+        cfg = T.RidgeConfig()
+    res = T.run_ridge(cfg)
+    lams = np.array([r["lambda"] for r in res["rows"]])
+    fixed = np.array([r["fixed_dist"] for r in res["rows"]])
+    shift = np.array([r["fast_shift"] for r in res["rows"]])
+    series = {"lambda": lams, "fixed_dist": fixed, "fast_shift": shift,
+              "trace": {f"{r['lambda']:g}": r["trace_dist"] for r in res["rows"]}}
+    ok = np.array([np.isfinite(r["slow_rate"]) and r["slow_window"][1] - r["slow_window"][0]
+                   >= 10 for r in res["rows"]])
+    slow = np.array([1 - r["slow_rate"] for r in res["rows"]])
     series["slow_one_minus_rate"] = np.where(ok, slow, np.nan)
     metrics = {
         "fixed_slope": res["fixed_slope"],
         "fixed_coef": res["fixed_coef"],
         "fast_shift_slope": res["fast_shift_slope"],
         "rho2": res["rho2"],
+        "sigma_r_Wt": res["sigma_r_Wt"],
     }
     for row, good in zip(res["rows"], ok, strict=True):
         lam = f"{row['lambda']:g}"
@@ -304,4 +338,4 @@ def ridge_effect(*, fast: bool) -> FigureResult:
         "that phase. With the optimizer's lambda = eta*lambda0 ~ 1e-4 the ridge moves a "
         f"K = 1-2 step by ~{res['fixed_coef'] * 1e-4:.0e} relative to Pi_r(Y)."
     )
-    return FigureResult(fig, {"ridge": T.config_dict(cfg)}, series, metrics, notes)
+    return FigureResult(None, {"ridge": T.config_dict(cfg)}, series, metrics, notes)
