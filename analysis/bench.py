@@ -485,8 +485,9 @@ OPTIMIZERS = (
 def _storages(obj, *, attributes=False):
     """``{storage pointer: bytes}`` of every tensor reachable from ``obj``.
 
-    Follows dicts, lists, tuples and sets, and with ``attributes`` also object ``__dict__``s
-    (never into ``nn.Module``s: the model's own tensors are not the optimizer's).
+    Follows dicts, lists, tuples and sets, and with ``attributes`` also objects' ``__dict__``
+    and ``__slots__`` (never into ``nn.Module``s: the model's own tensors are not the
+    optimizer's).
     """
     import torch
 
@@ -503,8 +504,13 @@ def _storages(obj, *, attributes=False):
             stack.extend(o.values())
         elif isinstance(o, list | tuple | set | frozenset):
             stack.extend(o)
-        elif attributes and not isinstance(o, torch.nn.Module) and hasattr(o, "__dict__"):
-            stack.extend(vars(o).values())
+        elif attributes and not isinstance(o, torch.nn.Module):
+            if hasattr(o, "__dict__"):
+                stack.extend(vars(o).values())
+            for cls in type(o).__mro__:  # __slots__ objects (the capture's per-call rows)
+                slots = getattr(cls, "__slots__", ())
+                slots = (slots,) if isinstance(slots, str) else slots
+                stack.extend(getattr(o, name, None) for name in slots if name != "__weakref__")
     return out
 
 

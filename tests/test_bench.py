@@ -217,3 +217,23 @@ def test_figure_panels_are_readable():
             assert same_color(bar.get_facecolor(), FAMILY_COLORS[fam]), lab
     assert len(ax_c.get_legend().get_texts()) == len(bench.HARD_RATIOS)
     plt.close(fig)
+
+
+def test_captured_rows_are_counted(sidecar):
+    """The rows X, Δ held between backward and step (in ``__slots__`` objects of the capture)
+    are found: exactly the capture's own byte count, and non-zero for the capturing methods."""
+    import torch
+
+    from lowrank_prox.nn import LoRALinear
+    from lowrank_prox.optim import PSILoRA
+
+    model = torch.nn.Sequential(LoRALinear(32, 16, 4), torch.nn.Tanh(), LoRALinear(16, 8, 2))
+    opt = PSILoRA(model, 0.1, momentum=0.9)
+    model(torch.randn(64, 32)).pow(2).mean().backward()
+    skip = set(bench._storages(dict(opt.state))) | set(bench._storages(list(model.parameters())))
+    held = {k: v for k, v in bench._storages(opt, attributes=True).items() if k not in skip}
+    assert sum(held.values()) == sum(la.capture.nbytes for la in opt.layers) == 64 * (48 + 24) * 4
+    rows = {row["method"]: row for row in sidecar["series"]["optimizers"]}
+    assert rows["LoRA + Adam"]["captured_bytes"] == 0
+    for method in ("PSI-LoRA x1", "Scaled PSI-LoRA", "SVDLoRA", "RPLoRA"):
+        assert rows[method]["captured_bytes"] > 0, method
