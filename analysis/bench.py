@@ -1095,7 +1095,7 @@ def _notes(targets, skipped, fast, verdict=None):
 
 @figure("bench", "speed, accuracy and memory benchmark (on demand: `--only bench` or "
         "`python -m analysis bench`; refuses a noisy machine)", on_demand=True, threads=None,
-        draw=lambda data: draw(data))
+        draw=draw)
 def bench_figure(*, fast: bool):
     """The benchmark as a registered figure: prints its tables, returns the FigureResult."""
     result, tables = run(fast=fast)

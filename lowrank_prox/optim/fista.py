@@ -9,7 +9,7 @@ from .. import _validate
 from ..factored import LowRankSum
 from ..lorsum import lorsum
 from ._base import LoRAOptimizer
-from .psilora import _check_common, adapter_call, first_side, published_options
+from .psilora import _check_common, adapter_call, published_options
 
 __all__ = ["PSILoRAFISTA"]
 
@@ -99,8 +99,7 @@ class PSILoRAFISTA(LoRAOptimizer):
         lam, eps = self._ridge(group), group.get("gram_jitter", 0.0)
         U, V = layer.factors()
         target = grad.as_sum(-lr, extra=[(1.0, U, V)])
-        Ux, Vx = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps,
-                              start=first_side(lam, U))
+        Ux, Vx = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
         new_state = {**state, "step": state["step"] + 1}
         if mu == 0:
             return (Ux, Vx), new_state

@@ -56,7 +56,7 @@ def first_side(ridge, U):
     return "u" if ridge == 0 and not bool(U.any()) else "v"
 
 
-def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter, start="v"):
+def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter, start=None):
     """The adapter's LoRSum step ``LoRSum_K(UVᵀ − lr·(…))`` from the current factors (SPEC §6).
 
     At ``lr == 0`` (the first step of a linear warm-up) the target is ``UVᵀ`` itself, of rank
@@ -64,10 +64,12 @@ def adapter_call(target, U, V, lr, *, iters, ridge, gram_jitter, start="v"):
     LoRSum would return an equal product but not these factors: from PEFT's ``B = 0`` start,
     with λ = lr·λ0 = 0, the V-step's Gram ``BᵀB`` is zero and its minimum-norm solution sets
     ``A = 0`` as well, after which no later step can leave ``U = V = 0``.  ``start`` as in
-    :func:`lowrank_prox.lorsum` (see :func:`first_side`).
+    :func:`lowrank_prox.lorsum`; by default :func:`first_side`.
     """
     if lr == 0:
         return U, V
+    if start is None:
+        start = first_side(ridge, U)
     return lorsum(target, U, V, iters=iters, ridge=ridge, start=start, gram_jitter=gram_jitter,
                   check_finite=False)
 

@@ -356,8 +356,7 @@ class PSILoRAVR(LoRAOptimizer):
         U, V = layer.factors()
         target = LowRankSum([(1.0, U, V), *((-lr * c, A, B) for c, A, B in d_terms)],
                             check_finite=False)
-        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps,
-                              start=first_side(lam, U))
+        U1, V1 = adapter_call(target, U, V, lr, iters=K, ridge=lam, gram_jitter=eps)
         if group["balance"] in ("adapter", "both"):
             U1, V1 = balanced(U1, V1)
         new_state = {**state, "step": state["step"] + 1}
